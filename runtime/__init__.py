@@ -1,0 +1,1 @@
+"""Streaming inference over the exported SLTnet engines."""

@@ -1,0 +1,31 @@
+"""Shared plumbing for the command-line tools: user errors become one line and a non-zero exit."""
+
+import functools
+import sys
+from typing import Callable, Optional, Sequence
+
+from sltnet.errors import SltnetError
+
+#: Exit status for user mistakes (bad input files, bad options).
+EXIT_USER_ERROR = 2
+
+
+def console_entry(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[[Optional[Sequence[str]]], int]:
+    """Wrap a ``main(argv) -> status`` so that :class:`SltnetError` prints ``error: ...`` and exits 2.
+
+    Anything else is a bug and keeps its traceback.
+    """
+
+    @functools.wraps(main)
+    def wrapped(argv: Optional[Sequence[str]] = None) -> int:
+        try:
+            return main(argv)
+        except SltnetError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
+
+    return wrapped
+

@@ -1,0 +1,1 @@
+"""SLTnet model components (DESIGN Part A)."""
