@@ -1,0 +1,1 @@
+"""Datasets (ST-COCO), sampling, image preprocessing and the synthetic video benchmark."""
