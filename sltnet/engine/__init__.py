@@ -1,0 +1,1 @@
+"""Training machinery: solver, checkpoints, the training loop."""

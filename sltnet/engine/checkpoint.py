@@ -1,0 +1,86 @@
+"""Checkpoints written atomically, and the bookkeeping that lets a killed run resume exactly."""
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from sltnet.errors import SltnetError
+
+#: File in the output folder naming the newest complete checkpoint.
+LAST_CHECKPOINT_FILE = "last_checkpoint"
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    """Write a text file through a temporary name in the same folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def rng_state() -> Dict[str, Any]:
+    """Every random generator a training run draws from."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    """Read a checkpoint written by :func:`atomic_torch_save`; a bad file is a one-line error."""
+    if not path.is_file():
+        raise SltnetError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises several types for corrupt files
+        raise SltnetError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+
+
+def save_training_state(output_dir: Path, name: str, state: Dict[str, Any]) -> Path:
+    """Save ``state`` as ``output_dir/name`` and point ``last_checkpoint`` at it (both atomic)."""
+    path = output_dir / name
+    atomic_torch_save(state, path)
+    atomic_write_text(name + "\n", output_dir / LAST_CHECKPOINT_FILE)
+    return path
+
+
+def last_checkpoint(output_dir: Path) -> Optional[Path]:
+    """The newest complete checkpoint of a run, or None when the run has none."""
+    pointer = output_dir / LAST_CHECKPOINT_FILE
+    if not pointer.is_file():
+        return None
+    path = output_dir / pointer.read_text().strip()
+    return path if path.is_file() else None
