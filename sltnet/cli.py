@@ -1,5 +1,6 @@
 """Shared plumbing for the command-line tools: user errors become one line and a non-zero exit."""
 
+import argparse
 import functools
 import sys
 from typing import Callable, Optional, Sequence
@@ -8,6 +9,13 @@ from sltnet.errors import SltnetError
 
 #: Exit status for user mistakes (bad input files, bad options).
 EXIT_USER_ERROR = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage mistakes become a one-line :class:`SltnetError` (exit 2 via console_entry)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise SltnetError(f"{self.prog}: {message} (see --help)")
 
 
 def console_entry(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[[Optional[Sequence[str]]], int]:

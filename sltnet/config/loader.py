@@ -10,12 +10,12 @@ import ast
 import difflib
 import os
 import re
-import tempfile
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import yaml
 from yacs.config import CfgNode
 
+from sltnet.atomic_io import atomic_write_text
 from sltnet.config.defaults import _C
 from sltnet.errors import SltnetError
 
@@ -74,17 +74,7 @@ def save_config(cfg: CfgNode, path: str) -> None:
 
     The file appears complete or not at all (temporary file in the same folder, then rename).
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    text = cfg.dump(sort_keys=False, default_flow_style=False)
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
+    atomic_write_text(path, cfg.dump(sort_keys=False, default_flow_style=False))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,13 +19,13 @@ import json
 import math
 import os
 import xml.etree.ElementTree as ET
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, TextIO, Tuple
 
 from tqdm import tqdm
 
+from sltnet.atomic_io import atomic_output
 from sltnet.errors import SltnetError
 
 #: The 30 ImageNet VID classes as (WordNet id, readable name), in the devkit's class-index order.
@@ -366,7 +366,7 @@ def convert_vid_to_stcoco(
         _annotation_entry(annotation_id, image_id, obj)
         for annotation_id, (image_id, obj) in enumerate(annotations, start=1)
     )
-    with atomic_text_file(out_json) as fp:
+    with atomic_output(out_json) as fp:
         _write_json_object(fp, head, {"images": image_entries, "annotations": annotation_entries})
     return ConversionSummary(videos=videos_written, images=len(images), annotations=len(annotations))
 
@@ -422,26 +422,6 @@ def _write_json_object(fp: TextIO, head: dict, arrays: Dict[str, Iterable[dict]]
             fp.write(f"{',' if number else ''}\n{json.dumps(entry)}")
         fp.write("\n]")
     fp.write("}\n")
-
-
-@contextmanager
-def atomic_text_file(path: str) -> Iterator[TextIO]:
-    """Open a temporary file beside ``path`` for writing; it replaces ``path`` only if the block
-    finishes, so a failure never leaves a half-written output."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        temporary = f"{path}.{os.getpid()}.tmp"
-        fp = open(temporary, "w", encoding="utf-8")
-    except OSError as err:
-        raise SltnetError(f"{path}: cannot write ({err.strerror})") from None
-    try:
-        with fp:
-            yield fp
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 # ------------------------------------------------------------------------------------------------
@@ -530,7 +510,7 @@ def coco_results_to_vid(
             for number, det in enumerate(progress)
         ]
     rows.sort(key=lambda row: row[0])
-    with atomic_text_file(out_txt) as fp:
+    with atomic_output(out_txt) as fp:
         for frame, cls, score, x1, y1, x2, y2 in rows:
             fp.write(f"{frame} {cls} {score:.6f} {x1:.2f} {y1:.2f} {x2:.2f} {y2:.2f}\n")
     return len(rows)

@@ -1,14 +1,13 @@
 """Checkpoints written atomically, and the bookkeeping that lets a killed run resume exactly."""
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 
+from sltnet.atomic_io import atomic_output, atomic_write_text
 from sltnet.errors import SltnetError
 
 #: File in the output folder naming the newest complete checkpoint.
@@ -16,31 +15,9 @@ LAST_CHECKPOINT_FILE = "last_checkpoint"
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    """Write a text file through a temporary name in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through a temporary file: readers never see half a checkpoint."""
+    with atomic_output(path, "wb") as stream:
+        torch.save(obj, stream)
 
 
 def rng_state() -> Dict[str, Any]:
@@ -73,7 +50,7 @@ def save_training_state(output_dir: Path, name: str, state: Dict[str, Any]) -> P
     """Save ``state`` as ``output_dir/name`` and point ``last_checkpoint`` at it (both atomic)."""
     path = output_dir / name
     atomic_torch_save(state, path)
-    atomic_write_text(name + "\n", output_dir / LAST_CHECKPOINT_FILE)
+    atomic_write_text(output_dir / LAST_CHECKPOINT_FILE, name + "\n")
     return path
 
 

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from sltnet.data.records import StCocoDataset
-from sltnet.data.vid_convert import atomic_text_file
+from sltnet.atomic_io import atomic_output
 from sltnet.evaluation.coco_ap import COCO_METRICS, coco_metrics
 from sltnet.evaluation.detections import Detections
 from sltnet.evaluation.motion import (
@@ -119,6 +119,6 @@ def write_metrics(metrics: Dict[str, Any], path: str) -> None:
     Raises:
         SltnetError: the file cannot be written.
     """
-    with atomic_text_file(path) as f:
+    with atomic_output(path) as f:
         json.dump(metrics, f, indent=2, allow_nan=False)
         f.write("\n")

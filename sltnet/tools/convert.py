@@ -10,7 +10,7 @@ to its parser and a function that runs it on the parsed arguments.
 import argparse
 from typing import Callable, NamedTuple, Optional, Sequence
 
-from sltnet.cli import console_entry
+from sltnet.cli import ArgumentParser, console_entry
 from sltnet.data.vid_convert import coco_results_to_vid, convert_vid_to_stcoco
 
 
@@ -87,7 +87,7 @@ SUBCOMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sltnet-convert", description="Dataset and result format conversions.")
+    parser = ArgumentParser(prog="sltnet-convert", description="Dataset and result format conversions.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for subcommand in SUBCOMMANDS:
         subparser = subparsers.add_parser(subcommand.name, help=subcommand.help, description=subcommand.help)

@@ -11,7 +11,7 @@ import sys
 from collections import Counter
 from typing import Optional, Sequence
 
-from sltnet.cli import console_entry
+from sltnet.cli import ArgumentParser, console_entry
 from sltnet.data.catalog import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, add_catalog_arguments, catalog_from_args
 from sltnet.data.records import StCocoDataset
 from sltnet.data.stcoco import build_stcoco_dataset, read_stcoco_json, validate_stcoco
@@ -22,7 +22,7 @@ EXIT_INVALID = 1
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="sltnet-data", description="Check ST-COCO datasets and list the dataset catalog."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -8,14 +8,14 @@ import argparse
 import os
 from typing import Optional, Sequence
 
-from sltnet.cli import console_entry
+from sltnet.cli import ArgumentParser, console_entry
 from sltnet.data.stcoco import load_stcoco
 from sltnet.errors import SltnetError
 from sltnet.evaluation import evaluate, format_table, load_detections, write_metrics
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="sltnet-eval",
         description="Score detections: VID mAP@0.5 (ILSVRC rule), mAP by motion speed (FGFA) and COCO AP.",
     )

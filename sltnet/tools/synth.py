@@ -10,13 +10,13 @@ import argparse
 import os
 from typing import Optional, Sequence
 
-from sltnet.cli import console_entry
+from sltnet.cli import ArgumentParser, console_entry
 from sltnet.data.synthetic import HIDE_TYPES, MAX_CLASSES, MIN_IMAGE_SIZE, SynthOptions, generate_split
 
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = SynthOptions()
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="sltnet-synth",
         description="Generate a split of the synthetic video benchmark: JPEG frames and an ST-COCO JSON.",
     )
