@@ -1,0 +1,102 @@
+"""Relation attention of the long-term self-guided attention head (DESIGN A.5): box geometry, its
+sinusoidal embedding and the multi-head attention with a geometric prior (Hu et al. 2018)."""
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+# Offsets and scales of DESIGN A.5: the 1e-3 keeps log finite for coincident centres, the 1e-6 keeps
+# log finite where the geometric weight is zero.
+CENTRE_OFFSET_EPS = 1e-3
+GEOMETRIC_WEIGHT_EPS = 1e-6
+EMBEDDING_WAVE_LENGTH = 1000.0
+EMBEDDING_SCALE = 100.0
+
+
+def box_geometry(boxes: Tensor, ref_boxes: Tensor) -> Tensor:
+    """Relative geometry of every (box, reference box) pair.
+
+    With w = x2 - x1 + 1, h = y2 - y1 + 1 and (cx, cy) the centre:
+    (log(|cx_b - cx_r| / w_b + 1e-3), log(|cy_b - cy_r| / h_b + 1e-3), log(w_b / w_r), log(h_b / h_r)).
+
+    Args:
+        boxes: [R, 4] current boxes (x1, y1, x2, y2).
+        ref_boxes: [M, 4] reference boxes.
+    Returns:
+        [R, M, 4].
+    """
+    widths = boxes[:, 2] - boxes[:, 0] + 1
+    heights = boxes[:, 3] - boxes[:, 1] + 1
+    centre_x = boxes[:, 0] + 0.5 * widths
+    centre_y = boxes[:, 1] + 0.5 * heights
+    ref_widths = ref_boxes[:, 2] - ref_boxes[:, 0] + 1
+    ref_heights = ref_boxes[:, 3] - ref_boxes[:, 1] + 1
+    ref_centre_x = ref_boxes[:, 0] + 0.5 * ref_widths
+    ref_centre_y = ref_boxes[:, 1] + 0.5 * ref_heights
+
+    delta_x = torch.log((centre_x[:, None] - ref_centre_x[None, :]).abs() / widths[:, None] + CENTRE_OFFSET_EPS)
+    delta_y = torch.log((centre_y[:, None] - ref_centre_y[None, :]).abs() / heights[:, None] + CENTRE_OFFSET_EPS)
+    delta_w = torch.log(widths[:, None] / ref_widths[None, :])
+    delta_h = torch.log(heights[:, None] / ref_heights[None, :])
+    return torch.stack((delta_x, delta_y, delta_w, delta_h), dim=2)
+
+
+def geometry_embedding(geometry: Tensor, embed_dim: int = 64) -> Tensor:
+    """Sinusoidal embedding of the pairwise geometry.
+
+    For each of the 4 values v and k = 0 .. embed_dim/8 - 1, with lambda_k = 1000^(8k / embed_dim):
+    sin(100 v / lambda_k) and cos(100 v / lambda_k); per value all sines then all cosines, values in order.
+
+    Args:
+        geometry: [R, M, 4] from ``box_geometry``.
+        embed_dim: output size, a multiple of 8.
+    Returns:
+        [R, M, embed_dim].
+    """
+    if embed_dim % 8 != 0:
+        raise ValueError(f"embed_dim must be a multiple of 8, got {embed_dim}")
+    num_frequencies = embed_dim // 8
+    exponents = torch.arange(num_frequencies, dtype=geometry.dtype, device=geometry.device) / num_frequencies
+    wave_lengths = EMBEDDING_WAVE_LENGTH**exponents  # [F]
+    phases = EMBEDDING_SCALE * geometry.unsqueeze(-1) / wave_lengths  # [R, M, 4, F]
+    embedding = torch.cat((phases.sin(), phases.cos()), dim=-1)  # [R, M, 4, 2F]
+    return embedding.flatten(2)
+
+
+def relation_attention(
+    queries: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    num_heads: int,
+    geometric_weights: Optional[Tensor] = None,
+    key_mask: Optional[Tensor] = None,
+) -> Tensor:
+    """Multi-head attention with an optional geometric prior, one output per head.
+
+    Head g's logits are log(w_g + 1e-6) + q_g . k_g / sqrt(d / G) (the log term only when geometric
+    weights are given), softmax over the M references; its weights multiply the full ``values``.
+
+    Args:
+        queries: [R, d] projected current features; head g uses channels g*d/G .. (g+1)*d/G - 1.
+        keys: [M, d] projected reference features, split into heads the same way.
+        values: [M, D] reference features (unprojected and not split: every head sees all of them).
+        num_heads: G, which divides d.
+        geometric_weights: [G, R, M] non-negative geometric weights w_g, or None for appearance only.
+        key_mask: [M] bool, False for references to ignore (padding of a fixed-size memory); at
+            least one reference must be valid.
+    Returns:
+        [R, G, D] per-head weighted sums of the values.
+    """
+    num_queries, dim = queries.shape
+    head_dim = dim // num_heads
+    queries = queries.view(num_queries, num_heads, head_dim).transpose(0, 1)  # [G, R, d/G]
+    keys = keys.view(-1, num_heads, head_dim).permute(1, 2, 0)  # [G, d/G, M]
+    logits = torch.matmul(queries, keys) / math.sqrt(head_dim)  # [G, R, M]
+    if geometric_weights is not None:
+        logits = logits + torch.log(geometric_weights + GEOMETRIC_WEIGHT_EPS)
+    if key_mask is not None:
+        logits = logits.masked_fill(~key_mask, float("-inf"))
+    weights = logits.softmax(dim=2)
+    return torch.matmul(weights, values).transpose(0, 1)  # [R, G, D]

@@ -1,0 +1,287 @@
+"""SLTnet (DESIGN A.2-A.7): the single-frame detector made temporal by short-term anchor linking,
+long-term self-guided attention and the spatio-temporal double head.
+
+The model is split the way it is deployed: :meth:`SLTnet.frame_outputs` runs once per frame
+(backbone + RPN, the frame engine) and :meth:`SLTnet.detect_window` once per reference frame (tubelet
+linking, RoIAlign, aggregation, attention, double head, the temporal engine). Streaming state (the
+window of frame outputs and the keyframe memory) lives outside the model, in
+:class:`sltnet.modeling.streaming.StreamingDetector`.
+
+Module tree: ``backbone``, ``rpn`` and ``roi_heads`` exactly as in
+:class:`~sltnet.modeling.baseline.FasterRCNN` (so a stage-1 checkpoint loads unchanged), plus
+``st_box_head`` (``fcs``/``Wgs``/``Wqs``/``Wks``/``Wvs``) and ``st_cls_predictor.cls_score``.
+"""
+
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sltnet.data.batching import FrameGroup, TrainingGroup
+from sltnet.modeling.aggregation import TubeletAggregation, pool_tubelets
+from sltnet.modeling.backbone import FPNBackbone
+from sltnet.modeling.box_head import Detections, RoIHeads, postprocess_detections, sample_rois
+from sltnet.modeling.rpn import RegionProposalNetwork
+from sltnet.modeling.st_head import STAttentionBoxHead, STClassifier, fuse_double_head_probs
+from sltnet.modeling.tubelets import Tubelets, link_tubelets
+
+
+class FrameOutputs(NamedTuple):
+    """What one frame contributes to every window it is part of (the frame engine's outputs).
+
+    Attributes:
+        features: one [1, C, H_l, W_l] tensor per box-head level (``MODEL.ROI_HEADS.IN_FEATURES``).
+        objectness_logits: [A] of all anchors, levels concatenated.
+        boxes: [A, 4] decoded, unclipped boxes of all anchors.
+        num_anchors_per_level: A split by RPN level (depends on the input size only).
+    """
+
+    features: List[Tensor]
+    objectness_logits: Tensor
+    boxes: Tensor
+    num_anchors_per_level: List[int]
+
+
+class MemoryEntry(NamedTuple):
+    """The keyframe memory entry of a reference frame: its first P tubelets.
+
+    Attributes:
+        features: [min(R, P), d] ReLU(fc_0) features.
+        boxes: [min(R, P), 4] reference-frame boxes.
+    """
+
+    features: Tensor
+    boxes: Tensor
+
+
+class SLTnet(nn.Module):
+    """The SLTnet video detector.
+
+    Args:
+        backbone, rpn, roi_heads: the single-frame detector's parts (the spatial head is ``roi_heads``).
+        rpn_in_features, roi_in_features: backbone levels used by the RPN and by the box heads.
+        st_box_head: :class:`STAttentionBoxHead` (long-term attention) or the plain 2-FC ST head.
+        st_cls_predictor: class logits of the ST head.
+        aggregation: max or adaptive aggregation of tubelet RoI features over the window.
+        num_frames: N; the window has N frames (sequential) or 2N + 1 (symmetric).
+        symmetric: ``FORWARD_AGGREGATION``.
+        double_head: fuse spatial and ST probabilities (A.6); else the ST head alone scores.
+        num_ref_rois: P, tubelets per support group and per memory entry.
+    """
+
+    is_temporal = True
+
+    def __init__(
+        self,
+        backbone: FPNBackbone,
+        rpn: RegionProposalNetwork,
+        roi_heads: RoIHeads,
+        rpn_in_features: Sequence[str],
+        roi_in_features: Sequence[str],
+        st_box_head: nn.Module,
+        st_cls_predictor: STClassifier,
+        aggregation: TubeletAggregation,
+        num_frames: int,
+        symmetric: bool,
+        double_head: bool,
+        num_ref_rois: int,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.rpn_in_features = list(rpn_in_features)
+        self.roi_in_features = list(roi_in_features)
+        self.st_box_head = st_box_head
+        self.st_cls_predictor = st_cls_predictor
+        self.aggregation = aggregation
+        self.num_frames = num_frames
+        self.symmetric = symmetric
+        self.double_head = double_head
+        self.num_ref_rois = num_ref_rois
+
+    @property
+    def long_term(self) -> bool:
+        return isinstance(self.st_box_head, STAttentionBoxHead)
+
+    @property
+    def window_size(self) -> int:
+        return 2 * self.num_frames + 1 if self.symmetric else self.num_frames
+
+    @property
+    def reference_position(self) -> int:
+        """Index of the reference frame in a full window."""
+        return self.num_frames if self.symmetric else self.num_frames - 1
+
+    # ------------------------------------------------------------------------------------------
+    # Per frame (frame engine)
+    # ------------------------------------------------------------------------------------------
+    def _window_outputs(self, images: Tensor) -> Tuple[List[Tensor], Tensor, Tensor, List[int]]:
+        """Backbone + RPN of a stack of frames.
+
+        Args:
+            images: [N, 3, H, W] preprocessed, padded frames.
+        Returns:
+            box-head features (one [N, C, H_l, W_l] per level), boxes [N, A, 4], logits [N, A],
+            anchors per level.
+        """
+        features = self.backbone(images)
+        rpn_outputs = self.rpn([features[name] for name in self.rpn_in_features])
+        return (
+            [features[name] for name in self.roi_in_features],
+            rpn_outputs.boxes,
+            rpn_outputs.objectness_logits,
+            rpn_outputs.num_anchors_per_level,
+        )
+
+    def frame_outputs(self, image: Tensor) -> FrameOutputs:
+        """Run backbone + RPN once on one frame.
+
+        Args:
+            image: [1, 3, H, W] preprocessed, padded frame.
+        """
+        features, boxes, logits, anchors_per_level = self._window_outputs(image)
+        return FrameOutputs(features, logits[0], boxes[0], anchors_per_level)
+
+    # ------------------------------------------------------------------------------------------
+    # Per reference frame (temporal engine)
+    # ------------------------------------------------------------------------------------------
+    def link(self, boxes: Tensor, logits: Tensor, num_anchors_per_level: Sequence[int], reference: int,
+             image_size: Tuple[int, int]) -> Tubelets:
+        """Tubelet proposals of a window (A.3) with the RPN's settings for the current mode."""
+        return link_tubelets(
+            boxes,
+            logits,
+            num_anchors_per_level,
+            reference,
+            image_size,
+            self.rpn.pre_nms_topk,
+            self.rpn.post_nms_topk,
+            self.rpn.nms_thresh,
+            self.rpn.min_size,
+        )
+
+    def _tubelet_features(self, features: List[Tensor], tubelet_boxes: Tensor, reference: int) -> Tuple[Tensor, Tensor]:
+        """Pooled reference-frame RoI features [R, C, S, S] and aggregated tubelet features [R, C, S, S]."""
+        pooled = pool_tubelets(self.roi_heads.box_pooler, features, tubelet_boxes)
+        return pooled[reference], self.aggregation(pooled, reference)
+
+    def _st_features(
+        self,
+        aggregated: Tensor,
+        boxes: Tensor,
+        ref_features: Tensor,
+        ref_boxes: Tensor,
+        ref_valid: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Tensor]:
+        """ST head features [R, d] and the rows that become a memory entry ([min(R, P), d]; empty
+        without long-term attention)."""
+        if self.long_term:
+            return self.st_box_head(aggregated, boxes, ref_features, ref_boxes, ref_valid)
+        return self.st_box_head(aggregated), aggregated.new_zeros((0, 0))
+
+    def detect_window(
+        self,
+        window: Sequence[FrameOutputs],
+        reference: int,
+        image_size: Tuple[int, int],
+        memory_features: Tensor,
+        memory_boxes: Tensor,
+        score_thresh: Optional[float] = None,
+    ) -> Tuple[Detections, MemoryEntry]:
+        """Detections in the reference frame of a window (A.3-A.6).
+
+        Args:
+            window: the window's frame outputs in time order; padding repeats a frame's outputs.
+            reference: index of the reference frame in ``window``.
+            image_size: (height, width) of the frames before padding.
+            memory_features: [M', d] long-term references (``LongTermMemory.references()``).
+            memory_boxes: [M', 4] their boxes.
+            score_thresh: overrides ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``.
+        Returns:
+            the reference frame's detections (input-image pixels) and its memory entry.
+        """
+        boxes = torch.stack([frame.boxes for frame in window])
+        logits = torch.stack([frame.objectness_logits for frame in window])
+        features = [torch.cat(level) for level in zip(*(frame.features for frame in window))]
+        tubelets = self.link(boxes, logits, window[reference].num_anchors_per_level, reference, image_size)
+        reference_boxes = tubelets.boxes[reference]
+
+        reference_rois, aggregated = self._tubelet_features(features, tubelets.boxes, reference)
+        spatial_logits, box_deltas = self.roi_heads.box_predictor(self.roi_heads.box_head(reference_rois))
+        st_features, entry_features = self._st_features(aggregated, reference_boxes, memory_features, memory_boxes)
+        probs = self.st_cls_predictor(st_features).softmax(dim=1)
+        if self.double_head:
+            probs = fuse_double_head_probs(spatial_logits.softmax(dim=1), probs)
+        detections = postprocess_detections(
+            probs,
+            box_deltas,
+            reference_boxes,
+            image_size,
+            box_coder=self.roi_heads.box_coder,
+            score_thresh=self.roi_heads.score_thresh if score_thresh is None else score_thresh,
+            nms_thresh=self.roi_heads.nms_thresh,
+            topk=self.roi_heads.detections_per_image,
+        )
+        entry = MemoryEntry(entry_features, reference_boxes[: len(entry_features)])
+        return detections, entry
+
+    # ------------------------------------------------------------------------------------------
+    # Training (stage 2, A.7)
+    # ------------------------------------------------------------------------------------------
+    def _frozen_window(self, group: FrameGroup) -> Tuple[List[Tensor], Tubelets]:
+        """Features and tubelet proposals of a group from the frozen backbone and RPN."""
+        with torch.no_grad():
+            features, boxes, logits, anchors_per_level = self._window_outputs(group.images)
+            tubelets = self.link(boxes, logits, anchors_per_level, group.reference, group.image_size)
+        return features, tubelets
+
+    def _support_references(self, support: Sequence[FrameGroup], like: Tensor) -> Tuple[Tensor, Tensor]:
+        """Long-term references from support groups: per group, the reference frame's first
+        (P - #GT) tubelets plus its ground-truth tubelets, aggregated, through ReLU(fc_0). ``like``
+        gives the device and dtype of the empty result when there is no support group."""
+        ref_features, ref_boxes = [], []
+        for group in support:
+            features, tubelets = self._frozen_window(group)
+            num_proposals = max(self.num_ref_rois - group.boxes.shape[1], 0)
+            tubes = torch.cat([tubelets.boxes[:, :num_proposals], group.boxes], dim=1)
+            _, aggregated = self._tubelet_features(features, tubes, group.reference)
+            ref_features.append(self.st_box_head.embed(aggregated))
+            ref_boxes.append(tubes[group.reference])
+        if not ref_features:
+            return like.new_zeros((0, self.st_cls_predictor.cls_score.in_features)), like.new_zeros((0, 4))
+        return torch.cat(ref_features), torch.cat(ref_boxes)
+
+    def training_losses(self, groups: Sequence[TrainingGroup]) -> Dict[str, Tensor]:
+        """Stage-2 loss: cross-entropy of the ST classifier on RoIs sampled on the reference frame
+        and applied to every frame, so sampled RoIs stay tubelets (A.7). Box regression stays the
+        frozen spatial head's.
+
+        Returns:
+            ``loss_st_cls``, the mean over groups.
+        """
+        losses = []
+        for group in groups:
+            features, tubelets = self._frozen_window(group)
+            reference = group.reference
+            samples = sample_rois(
+                tubelets.boxes[reference],
+                group.boxes[reference],
+                group.classes,
+                self.roi_heads.matcher,
+                self.roi_heads.sampler,
+                self.roi_heads.num_classes,
+                append_gt=True,
+            )
+            # Ground-truth tubelets are appended after the proposals, matching sample_rois' indices.
+            tubes = torch.cat([tubelets.boxes, group.boxes], dim=1)[:, samples.indices]
+            _, aggregated = self._tubelet_features(features, tubes, reference)
+            if self.long_term:
+                ref_features, ref_boxes = self._support_references(group.support, aggregated)
+                st_features, _ = self.st_box_head(aggregated, tubes[reference], ref_features, ref_boxes)
+            else:
+                st_features = self.st_box_head(aggregated)
+            logits = self.st_cls_predictor(st_features)
+            losses.append(F.cross_entropy(logits, samples.classes))
+        return {"loss_st_cls": torch.stack(losses).mean()}

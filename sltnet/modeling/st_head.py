@@ -1,0 +1,211 @@
+"""Spatio-temporal (ST) box head and classifier (DESIGN A.5) and the double-head fusion (A.6).
+
+Parameter names follow the original SLTnet checkpoints (``roi_heads.st_box_head.{fcs,Wgs,Wqs,Wks,Wvs}.{i}``
+and ``roi_heads.st_cls_predictor.cls_score``), so those map onto these modules unchanged.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from yacs.config import CfgNode
+
+from sltnet.modeling.attention import box_geometry, geometry_embedding, relation_attention
+
+
+def _make_fc(in_features: int, out_features: int) -> nn.Linear:
+    """Linear layer with Kaiming-uniform (a=1) weights and zero bias."""
+    fc = nn.Linear(in_features, out_features)
+    nn.init.kaiming_uniform_(fc.weight, a=1)
+    nn.init.zeros_(fc.bias)
+    return fc
+
+
+def _make_fcs(input_size: int, fc_dim: int, num_fc: int) -> nn.ModuleList:
+    """``num_fc`` FC layers: input_size -> fc_dim, then fc_dim -> fc_dim."""
+    return nn.ModuleList(_make_fc(input_size if i == 0 else fc_dim, fc_dim) for i in range(num_fc))
+
+
+def _make_conv1x1(in_channels: int, out_channels: int, groups: int = 1) -> nn.Conv2d:
+    """1x1 convolution with normal(std 0.01) weights and zero bias."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, groups=groups)
+    nn.init.normal_(conv.weight, std=0.01)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class STFCBoxHead(nn.Module):
+    """The ST head without long-term attention: flatten, then FC + ReLU layers.
+
+    Args:
+        input_size: C * S * S of the aggregated RoI features.
+        fc_dim: width of every FC layer (1024).
+        num_fc: number of FC layers (2).
+    """
+
+    def __init__(self, input_size: int, fc_dim: int = 1024, num_fc: int = 2) -> None:
+        super().__init__()
+        self.fcs = _make_fcs(input_size, fc_dim, num_fc)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[R, C, S, S] aggregated tubelet features -> [R, fc_dim]."""
+        x = x.flatten(1)
+        for fc in self.fcs:
+            x = F.relu(fc(x))
+        return x
+
+
+class STAttentionBoxHead(nn.Module):
+    """The ST head with long-term self-guided attention (DESIGN A.5).
+
+    x = flatten(features); for each stage s: x = ReLU(fcs[s](x)); x = x + Attn_s(x, refs, geometry).
+    The references are fixed for all stages: the given ones (keyframe memory, or support groups in
+    training) followed by the current frame's first P rows of ReLU(fcs[0](x)).
+
+    Args:
+        input_size: C * S * S of the aggregated RoI features.
+        fc_dim: d, width of every FC layer (1024); a multiple of ``num_groups``.
+        num_stages: S, FC + attention stages (``ATTENTION.STAGE``).
+        num_groups: G, attention heads (``ATTENTION.GROUP``).
+        embed_dim: size of the geometry embedding (``ATTENTION.EMBED_DIM``), a multiple of 8.
+        num_ref_rois: P, rows of the current frame used as references and stored in the memory.
+        location_free: drop the geometric term (``ATTENTION.LOCATION_FREE``); no ``Wgs`` are created.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        fc_dim: int = 1024,
+        num_stages: int = 2,
+        num_groups: int = 16,
+        embed_dim: int = 64,
+        num_ref_rois: int = 75,
+        location_free: bool = False,
+    ) -> None:
+        super().__init__()
+        if fc_dim % num_groups != 0:
+            raise ValueError(f"fc_dim ({fc_dim}) must be a multiple of num_groups ({num_groups})")
+        self.num_groups = num_groups
+        self.embed_dim = embed_dim
+        self.num_ref_rois = num_ref_rois
+        self.location_free = location_free
+        self.fcs = _make_fcs(input_size, fc_dim, num_stages)
+        if not location_free:
+            # W_G: the geometry embedding -> one non-negative weight per head and pair.
+            self.Wgs = nn.ModuleList(_make_conv1x1(embed_dim, num_groups) for _ in range(num_stages))
+        self.Wqs = nn.ModuleList(_make_fc(fc_dim, fc_dim) for _ in range(num_stages))
+        self.Wks = nn.ModuleList(_make_fc(fc_dim, fc_dim) for _ in range(num_stages))
+        # W_V: mixes the G per-head outputs (G * d channels) into d, each head feeding d / G channels.
+        self.Wvs = nn.ModuleList(
+            _make_conv1x1(num_groups * fc_dim, fc_dim, groups=num_groups) for _ in range(num_stages)
+        )
+
+    def embed(self, x: Tensor) -> Tensor:
+        """ReLU(fcs[0](flatten(x))): [R, C, S, S] -> [R, d], the features references are made of."""
+        return F.relu(self.fcs[0](x.flatten(1)))
+
+    def forward(
+        self,
+        x: Tensor,
+        boxes: Tensor,
+        ref_features: Tensor,
+        ref_boxes: Tensor,
+        ref_valid: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Tensor]:
+        """Attend from the current tubelets to the references.
+
+        Args:
+            x: [R, C, S, S] aggregated tubelet features, best tubelet first.
+            boxes: [R, 4] the tubelets' reference-frame boxes.
+            ref_features: [M', d] earlier references (``LongTermMemory.references()`` or
+                ``as_padded()``); M' may be 0.
+            ref_boxes: [M', 4] their boxes.
+            ref_valid: optional [M'] bool mask, False for padding rows of a fixed-size memory.
+        Returns:
+            features [R, d], and the memory entry [min(R, P), d]: the current frame's first P rows of
+            ReLU(fcs[0](x)), which are also appended to the references (so M = M' + min(R, P)).
+        """
+        x = self.embed(x)
+        entry = x[: self.num_ref_rois]
+        refs = torch.cat((ref_features, entry))
+        all_ref_boxes = torch.cat((ref_boxes, boxes[: self.num_ref_rois]))
+        key_mask = None
+        if ref_valid is not None:
+            key_mask = torch.cat((ref_valid, ref_valid.new_ones(len(entry))))
+
+        embedding = None
+        if not self.location_free:
+            embedding = geometry_embedding(box_geometry(boxes, all_ref_boxes), self.embed_dim)
+            embedding = embedding.permute(2, 0, 1).unsqueeze(0)  # [1, E, R, M], the 1x1 conv's layout
+
+        for stage in range(len(self.fcs)):
+            if stage > 0:
+                x = F.relu(self.fcs[stage](x))
+            x = x + self._attention(stage, x, refs, embedding, key_mask)
+        return x, entry
+
+    def _attention(
+        self, stage: int, x: Tensor, refs: Tensor, embedding: Optional[Tensor], key_mask: Optional[Tensor]
+    ) -> Tensor:
+        """Attn_s: [R, d] queries, [M, d] references -> [R, d]."""
+        geometric_weights = None
+        if embedding is not None:
+            geometric_weights = F.relu(self.Wgs[stage](embedding))[0]  # [G, R, M]
+        heads = relation_attention(
+            self.Wqs[stage](x), self.Wks[stage](refs), refs, self.num_groups, geometric_weights, key_mask
+        )  # [R, G, d]
+        mixed = self.Wvs[stage](heads.reshape(len(x), -1, 1, 1))
+        return mixed.flatten(1)
+
+
+class STClassifier(nn.Module):
+    """Class logits from the ST head's features (background last).
+
+    Args:
+        input_size: d of the ST head.
+        num_classes: K foreground classes.
+    """
+
+    def __init__(self, input_size: int, num_classes: int) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(input_size, num_classes + 1)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.zeros_(self.cls_score.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[R, d] -> [R, K + 1] logits."""
+        return self.cls_score(x)
+
+
+def fuse_double_head_probs(p_spatial: Tensor, p_st: Tensor) -> Tensor:
+    """Double-head class probabilities (DESIGN A.6): p_spatial + p_st * (1 - p_spatial).
+
+    Args:
+        p_spatial: [R, K + 1] softmax of the spatial head.
+        p_st: [R, K + 1] softmax of the ST head.
+    Returns:
+        [R, K + 1], element-wise.
+    """
+    return p_spatial + p_st * (1 - p_spatial)
+
+
+def build_st_box_head(cfg: CfgNode) -> nn.Module:
+    """The ST box head the config asks for: ``STAttentionBoxHead`` if
+    ``MODEL.SPATIOTEMPORAL.LONG_TERM``, else ``STFCBoxHead``. The config's values are checked by
+    ``sltnet.config.validate_config``."""
+    st_cfg = cfg.MODEL.SPATIOTEMPORAL
+    attention_cfg = st_cfg.ROI_BOX_HEAD.ATTENTION
+    input_size = cfg.MODEL.FPN.OUT_CHANNELS * cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION**2
+    fc_dim = cfg.MODEL.ROI_BOX_HEAD.FC_DIM
+    if not st_cfg.LONG_TERM:
+        return STFCBoxHead(input_size, fc_dim)
+    return STAttentionBoxHead(
+        input_size,
+        fc_dim=fc_dim,
+        num_stages=attention_cfg.STAGE,
+        num_groups=attention_cfg.GROUP,
+        embed_dim=attention_cfg.EMBED_DIM,
+        num_ref_rois=st_cfg.ROI_BOX_HEAD.REF_POST_NMS_TOP_N,
+        location_free=attention_cfg.LOCATION_FREE,
+    )
