@@ -425,3 +425,18 @@ def test_speed_of_scoring_2000_frames(capsys):
     assert metrics["num_frames"] == 2000 and metrics["num_detections"] == 40000
     with capsys.disabled():
         print(f"\nscoring 2000 frames, 6000 GTs, 40000 detections: {elapsed:.2f} s (target < 30 s)")
+
+
+def test_subset_map_ignores_boxes_outside_the_subset():
+    """Only the counted box matters: missing the ignored one costs nothing, finding it is no TP."""
+    from sltnet.evaluation.report import subset_map
+
+    frame = FrameRecord(
+        image_id=1, file_name="a.jpg", video="v", frame_number=0, width=100, height=100,
+        boxes=np.array([[0, 0, 20, 20], [50, 50, 90, 90]], np.float32), classes=np.array([0, 0]),
+        track_ids=np.array([0, 1]), annotation_ids=np.array([1, 2]),
+    )
+    dataset = StCocoDataset("gt.json", ".", ["a"], [1], [VideoRecord("v", [frame])])
+    only_second = Detections(np.array([1]), np.array([[50, 50, 90, 90]], np.float64), np.array([0.9]), np.array([0]))
+    assert subset_map(dataset, only_second, np.array([False, True])) == pytest.approx(1.0)
+    assert subset_map(dataset, only_second, np.array([True, False])) == pytest.approx(0.0)

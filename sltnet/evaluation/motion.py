@@ -19,6 +19,7 @@ Where FGFA's motion-IoU file and its ``vid_eval_motion`` leave choices, this mod
 """
 
 import itertools
+from typing import Sequence
 
 import numpy as np
 
@@ -108,19 +109,41 @@ def speed_average_precisions(
     Returns:
         [K] float64; NaN for classes without a GT of this speed or without neighbours.
     """
-    counted = (gt_groups == speed) | (gt_groups == ISOLATED)
+    return subset_average_precisions([speed, ISOLATED], detections, matches, ground_truth, gt_groups, num_classes)
+
+
+def subset_average_precisions(
+    counted_groups: Sequence[int],
+    detections: Detections,
+    matches: DetectionMatches,
+    ground_truth: GroundTruthTable,
+    gt_groups: np.ndarray,
+    num_classes: int,
+) -> np.ndarray:
+    """Per-class AP@0.5 counting only the GTs of some groups; the others are ignored as for speeds.
+
+    Args:
+        counted_groups: the groups whose GTs count (a speed and the isolated GTs, or any subset).
+        matches: from :func:`~sltnet.evaluation.vid_map.match_detections` grouped by ``gt_groups``.
+        gt_groups: [m] group of every GT, ``0 .. matches.best_iou_by_group.shape[1] - 1``.
+    Returns:
+        [K] float64; NaN for classes without a counted GT.
+    """
+    counted_groups = list(counted_groups)
+    counted = np.isin(gt_groups, counted_groups)
     matched = matches.matched_gt >= 0
     true_positive = np.zeros(len(matched))
     true_positive[matched] = counted[matches.matched_gt[matched]]
 
     best_iou = matches.best_iou_by_group
-    other_speeds = [group for group in range(len(SPEEDS)) if group != speed]
-    overlap_counted = np.maximum(best_iou[:, speed], best_iou[:, ISOLATED])
-    overlap_ignored = best_iou[:, other_speeds].max(axis=1)
+    ignored_groups = [group for group in range(best_iou.shape[1]) if group not in counted_groups]
+    overlap_counted = best_iou[:, counted_groups].max(axis=1)
+    overlap_ignored = best_iou[:, ignored_groups].max(axis=1) if ignored_groups else np.full(len(matched), -1.0)
 
     frame_gts = np.diff(ground_truth.frame_offsets)[matches.frame_index]
     frame_ignored = np.bincount(ground_truth.frame_index[~counted], minlength=ground_truth.num_frames)
-    empty_frame_weight = np.mean(gt_groups == speed) if len(gt_groups) else 0.0
+    # The share of the first counted group (the speed itself, not the isolated GTs), as FGFA has it.
+    empty_frame_weight = np.mean(gt_groups == counted_groups[0]) if len(gt_groups) else 0.0
     tie_weight = np.where(
         frame_gts > 0, frame_ignored[matches.frame_index] / np.maximum(frame_gts, 1), empty_frame_weight
     )

@@ -5,8 +5,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from sltnet.data.records import StCocoDataset
 from sltnet.atomic_io import atomic_output
+from sltnet.data.records import StCocoDataset
 from sltnet.evaluation.coco_ap import COCO_METRICS, coco_metrics
 from sltnet.evaluation.detections import Detections
 from sltnet.evaluation.motion import (
@@ -16,6 +16,7 @@ from sltnet.evaluation.motion import (
     motion_ious,
     speed_average_precisions,
     speed_groups,
+    subset_average_precisions,
 )
 from sltnet.evaluation.vid_map import ground_truth_table, match_detections, vid_average_precisions
 
@@ -66,6 +67,20 @@ def evaluate(dataset: StCocoDataset, detections: Detections) -> Dict[str, Any]:
         "motion": motion,
         "coco": coco_metrics(ground_truth, dataset.category_ids, detections),
     }
+
+
+def subset_map(dataset: StCocoDataset, detections: Detections, counted: np.ndarray) -> Optional[float]:
+    """VID mAP@0.5 counting only some ground-truth boxes; the others are ignored as in the speed
+    breakdown (finding them is neither a TP nor an FP).
+
+    Args:
+        counted: [m] bool over the boxes in ``dataset.frames()`` order (each frame's annotation order).
+    """
+    ground_truth = ground_truth_table(dataset)
+    groups = np.where(counted, 0, 1)
+    matches = match_detections(detections, ground_truth, groups, 2)
+    aps = subset_average_precisions([0], detections, matches, ground_truth, groups, dataset.num_classes)
+    return _class_summary(aps, dataset.class_names)["mAP"]
 
 
 def _percent(value: Optional[float]) -> str:

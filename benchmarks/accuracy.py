@@ -1,0 +1,146 @@
+"""Accuracy of the baseline and the SLTnet variants on one ST-COCO split, in one table.
+
+    python benchmarks/accuracy.py [--dataset synth_small_val] [--json results.json] [--markdown table.md]
+
+Each row is a config and its trained weights (see ROWS; ``--row NAME=CONFIG,WEIGHTS[,KEY=VALUE...]``
+replaces them). Every row runs in video order through the PyTorch streaming detector and is scored
+with the project's metrics: VID mAP@0.5, mAP by motion speed, COCO AP, and mAP@0.5 on the synthetic
+benchmark's *hidden* frames (boxes whose class evidence is hidden; other boxes ignored), where a
+single frame cannot tell the class. Rows whose weights are missing are listed as skipped.
+"""
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from sltnet.atomic_io import atomic_write_text
+from sltnet.config import load_config
+from sltnet.data.catalog import DatasetCatalog, load_dataset
+from sltnet.data.records import StCocoDataset
+from sltnet.data.stcoco import read_stcoco_json
+from sltnet.evaluation import evaluate, parse_detections
+from sltnet.evaluation.detections import Detections
+from sltnet.evaluation.inference import detect_dataset
+from sltnet.evaluation.report import subset_map
+from sltnet.modeling.build import build_model
+
+
+@dataclass
+class Row:
+    """One model to score: a config, its weights and config overrides."""
+
+    name: str
+    config: str
+    weights: str
+    overrides: Sequence[str] = ()
+
+
+SMALL = "configs/synthetic/small_{}.yaml"
+SMALL_WEIGHTS = "output/synthetic/small_{}/model_final.pt"
+ROWS = [
+    Row("baseline (single frame)", SMALL.format("baseline"), SMALL_WEIGHTS.format("baseline")),
+    Row("+ short-term linking", SMALL.format("sltnet_short_term"), SMALL_WEIGHTS.format("sltnet_short_term")),
+    Row(
+        "+ long-term attention",
+        SMALL.format("sltnet_sequential"),
+        SMALL_WEIGHTS.format("sltnet_sequential"),
+        ("MODEL.SPATIOTEMPORAL.DOUBLE_HEAD", "false"),
+    ),
+    Row("+ double head = SLTnet sequential", SMALL.format("sltnet_sequential"), SMALL_WEIGHTS.format("sltnet_sequential")),
+    Row("SLTnet symmetric", SMALL.format("sltnet_symmetric"), SMALL_WEIGHTS.format("sltnet_symmetric")),
+]
+
+
+def parse_row(text: str) -> Row:
+    name, _, spec = text.partition("=")
+    parts = spec.split(",")
+    if not name or len(parts) < 2:
+        sys.exit(f"error: --row {text!r}: expected NAME=CONFIG,WEIGHTS[,KEY=VALUE...]")
+    overrides = [item for pair in parts[2:] for item in pair.split("=", 1)]
+    return Row(name, parts[0], parts[1], overrides)
+
+
+def hidden_frame_map(dataset: StCocoDataset, detections: Detections) -> Optional[float]:
+    """VID mAP@0.5 counting only ground-truth boxes marked ``hidden`` by the synthetic generator."""
+    annotations = read_stcoco_json(dataset.json_path)["annotations"]
+    hidden_ids = {a["id"] for a in annotations if a.get("hidden")}
+    if not hidden_ids:
+        return None
+    counted = np.array([int(i) in hidden_ids for frame in dataset.frames() for i in frame.annotation_ids], dtype=bool)
+    return subset_map(dataset, detections, counted)
+
+
+def score_row(row: Row, dataset: StCocoDataset) -> Dict:
+    cfg = load_config(row.config, ["MODEL.WEIGHTS", row.weights, *row.overrides])
+    start = time.perf_counter()
+    results = detect_dataset(build_model(cfg), cfg, dataset, progress=True)
+    seconds = time.perf_counter() - start
+    detections = parse_detections(results, dataset, row.name)
+    metrics = evaluate(dataset, detections)
+    return {
+        "name": row.name,
+        "config": row.config,
+        "weights": row.weights,
+        "overrides": list(row.overrides),
+        "mAP50": metrics["vid"]["mAP"],
+        "slow": metrics["motion"]["slow"]["mAP"],
+        "medium": metrics["motion"]["medium"]["mAP"],
+        "fast": metrics["motion"]["fast"]["mAP"],
+        "hidden_mAP50": hidden_frame_map(dataset, detections),
+        "coco_AP": metrics["coco"]["AP"],
+        "seconds_per_frame": seconds / len(dataset),
+    }
+
+
+def _percent(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def markdown_table(rows: List[Dict], dataset_name: str) -> str:
+    lines = [
+        f"Dataset `{dataset_name}`; mAP@0.5 (VID rule), by motion speed, on hidden frames, and COCO AP, in %.",
+        "",
+        "| model | mAP@0.5 | slow | medium | fast | hidden frames | COCO AP |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        if "skipped" in row:
+            lines.append(f"| {row['name']} | skipped: {row['skipped']} | | | | | |")
+            continue
+        values = [row[key] for key in ("mAP50", "slow", "medium", "fast", "hidden_mAP50", "coco_AP")]
+        lines.append(f"| {row['name']} | " + " | ".join(_percent(v) for v in values) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="synth_small_val", help="catalog name of the split to score")
+    parser.add_argument("--row", action="append", type=parse_row, help="NAME=CONFIG,WEIGHTS[,KEY=VALUE...]")
+    parser.add_argument("--json", help="write the rows as JSON")
+    parser.add_argument("--markdown", help="write the table as Markdown")
+    args = parser.parse_args()
+
+    dataset = load_dataset(args.dataset, DatasetCatalog())
+    rows = []
+    for row in args.row or ROWS:
+        if not Path(row.weights).is_file():
+            rows.append({"name": row.name, "config": row.config, "weights": row.weights, "skipped": "no weights"})
+            continue
+        print(f"== {row.name}: {row.config} {row.weights} {' '.join(row.overrides)}", flush=True)
+        rows.append(score_row(row, dataset))
+    table = markdown_table(rows, args.dataset)
+    print(table)
+    if args.json:
+        atomic_write_text(args.json, json.dumps({"dataset": args.dataset, "command": " ".join(sys.argv), "rows": rows}, indent=2))
+    if args.markdown:
+        atomic_write_text(args.markdown, table + "\n")
+
+
+if __name__ == "__main__":
+    main()
