@@ -152,6 +152,35 @@ class Detections(NamedTuple):
     classes: Tensor
 
 
+def detection_candidates(
+    class_probs: Tensor,
+    box_deltas: Tensor,
+    proposals: Tensor,
+    image_size: Tuple[int, int],
+    *,
+    box_coder: BoxCoder,
+    score_thresh: float,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Every (RoI, class) pair as a candidate detection, before NMS.
+
+    Args:
+        class_probs: [R, K + 1] class probabilities, background last (dropped).
+        box_deltas: [R, 4K] class-specific deltas.
+        proposals: [R, 4] the RoIs.
+        image_size: (height, width) for clipping.
+    Returns:
+        boxes: [R, K, 4] the class's deltas applied to the RoI, clipped to the image.
+        scores: [R, K].
+        candidates: [R, K] bool, False for a non-finite box or score or a score <= ``score_thresh``.
+    """
+    num_rois, num_classes = class_probs.shape[0], class_probs.shape[1] - 1
+    boxes = box_coder.decode_single(box_deltas, proposals).view(num_rois, num_classes, 4)
+    scores = class_probs[:, :-1]
+    # Test finiteness before clipping, which would turn infinite coordinates into borders.
+    candidates = (scores > score_thresh) & torch.isfinite(boxes).all(dim=2) & torch.isfinite(scores)
+    return clip_boxes_to_image(boxes, image_size), scores, candidates
+
+
 def postprocess_detections(
     class_probs: Tensor,
     box_deltas: Tensor,
@@ -165,9 +194,8 @@ def postprocess_detections(
 ) -> Detections:
     """Final detections of one image (DESIGN A.1 inference).
 
-    Every (RoI, class) pair is a candidate box: the class's deltas applied to the RoI, clipped to
-    the image. Pairs with a non-finite box or score, or a score <= ``score_thresh``, are dropped;
-    NMS runs per class; the best ``topk`` remain.
+    The candidates of :func:`detection_candidates` are kept; NMS runs per class; the best ``topk``
+    remain.
 
     Args:
         class_probs: [R, K + 1] class probabilities, background last (dropped).
@@ -175,12 +203,9 @@ def postprocess_detections(
         proposals: [R, 4] the RoIs.
         image_size: (height, width) for clipping.
     """
-    num_rois, num_classes = class_probs.shape[0], class_probs.shape[1] - 1
-    boxes = box_coder.decode_single(box_deltas, proposals).view(num_rois, num_classes, 4)
-    scores = class_probs[:, :-1]
-    # Test finiteness before clipping, which would turn infinite coordinates into borders.
-    candidates = (scores > score_thresh) & torch.isfinite(boxes).all(dim=2) & torch.isfinite(scores)
-    boxes = clip_boxes_to_image(boxes, image_size)
+    boxes, scores, candidates = detection_candidates(
+        class_probs, box_deltas, proposals, image_size, box_coder=box_coder, score_thresh=score_thresh
+    )
     rows, classes = torch.nonzero(candidates, as_tuple=True)
     boxes, scores = boxes[rows, classes], scores[rows, classes]
     keep = batched_nms(boxes, scores, classes, nms_thresh)[:topk]

@@ -93,6 +93,28 @@ class Proposals(NamedTuple):
     anchor_indices: Tensor
 
 
+def top_anchors_per_level(
+    logits: Tensor, num_anchors_per_level: Sequence[int], pre_nms_topk: int
+) -> Tuple[Tensor, Tensor]:
+    """The ``pre_nms_topk`` anchors with the highest logit in each level (all of a smaller level).
+
+    Args:
+        logits: [B, A] objectness logits, levels concatenated.
+        num_anchors_per_level: A split by level, in anchor order.
+    Returns:
+        indices: [B, C] int64 anchor indices, level by level, each level by decreasing logit.
+        levels: [C] int64 level of each column.
+    """
+    indices, levels = [], []
+    level_start = 0
+    for level, num_anchors in enumerate(num_anchors_per_level):
+        k = min(pre_nms_topk, num_anchors)
+        indices.append(logits[:, level_start : level_start + num_anchors].topk(k, dim=1).indices + level_start)
+        levels.append(torch.full((k,), level, dtype=torch.int64, device=logits.device))
+        level_start += num_anchors
+    return torch.cat(indices, dim=1), torch.cat(levels)
+
+
 def select_proposals(
     boxes: Tensor,
     logits: Tensor,
@@ -121,17 +143,7 @@ def select_proposals(
     Returns:
         one :class:`Proposals` per image; ``boxes`` equals the clipped ``boxes[b, anchor_indices]``.
     """
-    candidate_indices, candidate_levels = [], []
-    level_start = 0
-    for level, num_anchors in enumerate(num_anchors_per_level):
-        k = min(pre_nms_topk, num_anchors)
-        top = logits[:, level_start : level_start + num_anchors].topk(k, dim=1).indices + level_start
-        candidate_indices.append(top)
-        candidate_levels.append(torch.full((k,), level, dtype=torch.int64, device=logits.device))
-        level_start += num_anchors
-    candidate_indices = torch.cat(candidate_indices, dim=1)
-    candidate_levels = torch.cat(candidate_levels)
-
+    candidate_indices, candidate_levels = top_anchors_per_level(logits, num_anchors_per_level, pre_nms_topk)
     proposals = []
     for image, image_size in enumerate(image_sizes):
         indices, levels = candidate_indices[image], candidate_levels

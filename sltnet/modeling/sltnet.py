@@ -174,12 +174,45 @@ class SLTnet(nn.Module):
         ref_features: Tensor,
         ref_boxes: Tensor,
         ref_valid: Optional[Tensor] = None,
+        valid: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor]:
         """ST head features [R, d] and the rows that become a memory entry ([min(R, P), d]; empty
         without long-term attention)."""
         if self.long_term:
-            return self.st_box_head(aggregated, boxes, ref_features, ref_boxes, ref_valid)
+            return self.st_box_head(aggregated, boxes, ref_features, ref_boxes, ref_valid, valid)
         return self.st_box_head(aggregated), aggregated.new_zeros((0, 0))
+
+    def score_tubelets(
+        self,
+        reference_rois: Tensor,
+        aggregated: Tensor,
+        reference_boxes: Tensor,
+        memory_features: Tensor,
+        memory_boxes: Tensor,
+        memory_valid: Optional[Tensor] = None,
+        valid: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """The double head on a window's tubelets (A.5, A.6).
+
+        Args:
+            reference_rois: [R, C, S, S] RoI features of the tubelets' reference-frame boxes.
+            aggregated: [R, C, S, S] aggregated tubelet features.
+            reference_boxes: [R, 4] the tubelets' reference-frame boxes.
+            memory_features, memory_boxes: [M', d] and [M', 4] long-term references.
+            memory_valid, valid: optional [M'] and [R] bool masks of fixed-size inputs (the exported
+                temporal engine), False for padding rows.
+        Returns:
+            class probabilities [R, K + 1], class-specific box deltas [R, 4K] (spatial head) and the
+            memory-entry features [min(R, P), d] (empty without long-term attention).
+        """
+        spatial_logits, box_deltas = self.roi_heads.box_predictor(self.roi_heads.box_head(reference_rois))
+        st_features, entry_features = self._st_features(
+            aggregated, reference_boxes, memory_features, memory_boxes, memory_valid, valid
+        )
+        probs = self.st_cls_predictor(st_features).softmax(dim=1)
+        if self.double_head:
+            probs = fuse_double_head_probs(spatial_logits.softmax(dim=1), probs)
+        return probs, box_deltas, entry_features
 
     def detect_window(
         self,
@@ -209,11 +242,9 @@ class SLTnet(nn.Module):
         reference_boxes = tubelets.boxes[reference]
 
         reference_rois, aggregated = self._tubelet_features(features, tubelets.boxes, reference)
-        spatial_logits, box_deltas = self.roi_heads.box_predictor(self.roi_heads.box_head(reference_rois))
-        st_features, entry_features = self._st_features(aggregated, reference_boxes, memory_features, memory_boxes)
-        probs = self.st_cls_predictor(st_features).softmax(dim=1)
-        if self.double_head:
-            probs = fuse_double_head_probs(spatial_logits.softmax(dim=1), probs)
+        probs, box_deltas, entry_features = self.score_tubelets(
+            reference_rois, aggregated, reference_boxes, memory_features, memory_boxes
+        )
         detections = postprocess_detections(
             probs,
             box_deltas,

@@ -112,6 +112,7 @@ class STAttentionBoxHead(nn.Module):
         ref_features: Tensor,
         ref_boxes: Tensor,
         ref_valid: Optional[Tensor] = None,
+        valid: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor]:
         """Attend from the current tubelets to the references.
 
@@ -122,6 +123,8 @@ class STAttentionBoxHead(nn.Module):
                 ``as_padded()``); M' may be 0.
             ref_boxes: [M', 4] their boxes.
             ref_valid: optional [M'] bool mask, False for padding rows of a fixed-size memory.
+            valid: optional [R] bool mask (with ``ref_valid``), False for padding rows of a
+                fixed-size set of tubelets; those rows are no references.
         Returns:
             features [R, d], and the memory entry [min(R, P), d]: the current frame's first P rows of
             ReLU(fcs[0](x)), which are also appended to the references (so M = M' + min(R, P)).
@@ -132,7 +135,8 @@ class STAttentionBoxHead(nn.Module):
         all_ref_boxes = torch.cat((ref_boxes, boxes[: self.num_ref_rois]))
         key_mask = None
         if ref_valid is not None:
-            key_mask = torch.cat((ref_valid, ref_valid.new_ones(len(entry))))
+            entry_valid = ref_valid.new_ones(len(entry)) if valid is None else valid[: self.num_ref_rois]
+            key_mask = torch.cat((ref_valid, entry_valid))
 
         embedding = None
         if not self.location_free:

@@ -28,6 +28,27 @@ class Tubelets(NamedTuple):
     anchor_indices: Tensor
 
 
+def clip_window_boxes(boxes: Tensor, image_size: Tuple[int, int], min_size: float) -> Tuple[Tensor, Tensor]:
+    """Clip every frame's anchor boxes and tell which anchors can form a tubelet.
+
+    A tubelet is only as good as its worst frame: its box must be finite and non-empty after clipping
+    in every frame. Finiteness is tested before clipping, which would turn +-inf into borders.
+
+    Args:
+        boxes: [N, A, 4] decoded, unclipped boxes of all A anchors in each of the N frames.
+        image_size: (height, width) of the input image.
+        min_size: both sides of a clipped box must exceed this.
+    Returns:
+        clipped: [N, A, 4].
+        valid_in_window: [A] bool.
+    """
+    clipped = clip_boxes_to_image(boxes, image_size)
+    widths = clipped[..., 2] - clipped[..., 0]
+    heights = clipped[..., 3] - clipped[..., 1]
+    valid = torch.isfinite(boxes).all(dim=2) & (widths > min_size) & (heights > min_size)
+    return clipped, valid.all(dim=0)
+
+
 def link_tubelets(
     boxes: Tensor,
     logits: Tensor,
@@ -54,13 +75,7 @@ def link_tubelets(
     Returns:
         ``Tubelets`` with R <= ``post_nms_topk`` rows, sorted by the reference frame's logit.
     """
-    # A tubelet is only as good as its worst frame: its box must be finite and non-empty after clipping
-    # in every frame. Finiteness is tested before clipping, which would turn +-inf into borders.
-    clipped = clip_boxes_to_image(boxes, image_size)
-    widths = clipped[..., 2] - clipped[..., 0]
-    heights = clipped[..., 3] - clipped[..., 1]
-    valid_in_window = (torch.isfinite(boxes).all(dim=2) & (widths > min_size) & (heights > min_size)).all(dim=0)
-
+    clipped, valid_in_window = clip_window_boxes(boxes, image_size, min_size)
     # The reference frame's proposal selection (per-level top-k, NMS per level, global top-k), with the
     # window validity applied after the per-level top-k as A.3 orders it.
     reference = select_proposals(
