@@ -11,6 +11,13 @@ from sltnet.errors import SltnetError
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+def _default_file_mode() -> int:
+    """The mode ``open()`` would give a new file (mkstemp's temporary files are private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_output(path: PathLike, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file in ``path``'s folder; it replaces ``path`` only if the block finishes.
@@ -33,6 +40,7 @@ def atomic_output(path: PathLike, mode: str = "w") -> Iterator[IO]:
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temp_name, _default_file_mode())
         os.replace(temp_name, target)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

@@ -91,3 +91,15 @@ def test_rng_state_round_trip():
     first = torch.rand(3)
     set_rng_state(state)
     assert torch.equal(torch.rand(3), first)
+
+
+def test_atomic_outputs_get_ordinary_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from sltnet.atomic_io import atomic_write_text
+
+    atomic_write_text(tmp_path / "out.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o666 & ~umask
