@@ -1,0 +1,203 @@
+"""``sltnet-export``: split a trained model into a frame engine and a temporal engine.
+
+    sltnet-export --config-file C [--weights W] --out DIR [--format onnx|trt] [--fp16]
+                  [--input-size H W] [--mode sequential|symmetric] [--check-trt]
+                  [--dataset NAME | --class-names A,B,...] [KEY VALUE ...]
+
+Writes ``DIR/frame.onnx``, ``DIR/temporal.onnx`` and ``DIR/manifest.json``; with ``--format trt``
+also ``DIR/frame.engine`` and ``DIR/temporal.engine`` (TensorRT 10) and a timing cache. Without
+TensorRT or a GPU, ``--format trt`` still writes the ONNX files and the manifest, then fails with
+one line (exit status 2).
+"""
+
+import argparse
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from yacs.config import CfgNode
+
+from export.manifest import build_manifest, write_manifest
+from export.onnx_export import check_exportable, default_input_size, export_onnx
+from export.tensorrt_build import build_engine, tensorrt_unavailable
+from export.trt_check import check_model, default_ops_table, load_ops_table
+from sltnet.cli import ArgumentParser, console_entry
+from sltnet.config import load_config
+from sltnet.data.catalog import add_catalog_arguments, catalog_from_args, load_dataset
+from sltnet.errors import SltnetError
+from sltnet.modeling.build import build_model
+
+ENGINE_SUFFIX = ".engine"
+TIMING_CACHE = "timing.cache"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="sltnet-export",
+        description="Export a trained SLTnet (or single-frame baseline) as a frame engine and a temporal engine: "
+        "ONNX, optionally TensorRT, plus manifest.json.",
+    )
+    parser.add_argument("--config-file", metavar="FILE", required=True, help="the model's config")
+    parser.add_argument("--weights", metavar="W", help="trained weights (default: the config's MODEL.WEIGHTS)")
+    parser.add_argument("--out", metavar="DIR", required=True, help="output folder")
+    parser.add_argument(
+        "--format", choices=("onnx", "trt"), default="onnx", help="onnx, or trt = ONNX + TensorRT engines"
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="frame size the engines take (default: INPUT.MIN_SIZE_TEST x INPUT.MAX_SIZE_TEST)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("sequential", "symmetric"),
+        help="SLTnet window mode (default: the config's MODEL.SPATIOTEMPORAL.FORWARD_AGGREGATION)",
+    )
+    parser.add_argument(
+        "--check-trt",
+        action="store_true",
+        help="check both graphs against the TensorRT operator table; list the offending nodes",
+    )
+    parser.add_argument(
+        "--ops-table", metavar="TSV", help="TensorRT operator table (default: shared/tensorrt_onnx_ops.tsv)"
+    )
+    classes = parser.add_mutually_exclusive_group()
+    classes.add_argument(
+        "--dataset", metavar="NAME", help="take the class names from this dataset (default: DATASETS.TEST[0])"
+    )
+    classes.add_argument("--class-names", metavar="A,B,...", help="class names, comma-separated, in class order")
+    trt = parser.add_argument_group("TensorRT (--format trt)")
+    trt.add_argument("--fp16", action="store_true", help="allow FP16 kernels")
+    trt.add_argument(
+        "--workspace-mib", type=int, default=4096, metavar="MIB", help="builder workspace limit in MiB (default 4096)"
+    )
+    trt.add_argument(
+        "--timing-cache", metavar="FILE", help=f"timing cache to reuse and update (default DIR/{TIMING_CACHE})"
+    )
+    add_catalog_arguments(parser)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
+    return parser
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SltnetError(f"--out {out}: exists and is not a folder")
+    if args.input_size is not None and min(args.input_size) <= 0:
+        raise SltnetError(f"--input-size {args.input_size[0]} {args.input_size[1]}: sides must be positive")
+    if args.format != "trt" and (args.fp16 or args.timing_cache):
+        raise SltnetError("--fp16 and --timing-cache apply to --format trt")
+    if args.workspace_mib <= 0:
+        raise SltnetError(f"--workspace-mib {args.workspace_mib}: must be positive")
+
+
+def _load_config(args: argparse.Namespace) -> CfgNode:
+    overrides = list(args.opts) + ["MODEL.DEVICE", "cpu"]
+    if args.weights:
+        overrides += ["MODEL.WEIGHTS", args.weights]
+    if args.mode is not None:
+        overrides += ["MODEL.SPATIOTEMPORAL.FORWARD_AGGREGATION", "true" if args.mode == "symmetric" else "false"]
+    cfg = load_config(args.config_file, overrides)
+    if args.mode is not None and cfg.MODEL.META_ARCHITECTURE != "SLTnet":
+        raise SltnetError(
+            f"--mode {args.mode}: only SLTnet configs have a window mode ({args.config_file} is a single-frame model)"
+        )
+    if not cfg.MODEL.WEIGHTS:
+        raise SltnetError(f"{args.config_file}: no weights to export: pass --weights or set MODEL.WEIGHTS")
+    return cfg
+
+
+def _classes(args: argparse.Namespace, cfg: CfgNode) -> Tuple[List[str], List[int]]:
+    """Class names and dataset category ids, in class order."""
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if args.class_names is not None:
+        names = [name.strip() for name in args.class_names.split(",")]
+        if len(names) != num_classes or not all(names):
+            raise SltnetError(f"--class-names: expected {num_classes} non-empty names, got {len(names)}")
+        return names, list(range(1, num_classes + 1))
+    name = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+    if name is None:
+        raise SltnetError("no class names: pass --class-names or --dataset")
+    try:
+        dataset = load_dataset(name, catalog_from_args(args, cfg.DATASETS.CATALOG))
+    except SltnetError as err:
+        raise SltnetError(f"class names from dataset '{name}': {err} (or pass --class-names)") from None
+    if dataset.num_classes != num_classes:
+        raise SltnetError(f"{dataset.json_path}: {dataset.num_classes} classes, the model has {num_classes}")
+    return list(dataset.class_names), list(dataset.category_ids)
+
+
+def _check_trt(args: argparse.Namespace, out: Path, names: Sequence[str]) -> None:
+    table = load_ops_table(args.ops_table or default_ops_table())
+    failures = 0
+    for name in names:
+        problems = check_model(out / name, table)
+        for problem in problems:
+            print(f"{out / name}: {problem}", flush=True)
+        failures += len(problems)
+        if not problems:
+            print(f"{out / name}: static TensorRT check passed", flush=True)
+    if failures:
+        raise SltnetError(f"static TensorRT check: {failures} problems in {out} (listed above)")
+
+
+def _build_tensorrt(args: argparse.Namespace, out: Path, manifest: dict) -> None:
+    timing_cache = Path(args.timing_cache) if args.timing_cache else out / TIMING_CACHE
+    for engine in manifest["engines"].values():
+        onnx_path = out / engine["onnx"]
+        engine_name = Path(engine["onnx"]).with_suffix(ENGINE_SUFFIX).name
+        print(f"building {out / engine_name} ({'fp16' if args.fp16 else 'fp32'})", flush=True)
+        shapes = {spec["name"]: spec["shape"] for spec in engine["inputs"]}
+        build_engine(
+            onnx_path,
+            out / engine_name,
+            fp16=args.fp16,
+            workspace_mib=args.workspace_mib,
+            timing_cache=timing_cache,
+            input_shapes=shapes,
+        )
+        engine["tensorrt"] = engine_name
+    import tensorrt
+
+    manifest["tensorrt"] = {
+        "version": tensorrt.__version__,
+        "precision": "fp16" if args.fp16 else "fp32",
+        "workspace_mib": args.workspace_mib,
+        "device": torch.cuda.get_device_name(),
+    }
+
+
+@console_entry
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    _check_arguments(args)
+    cfg = _load_config(args)
+    check_exportable(cfg)
+    input_size = tuple(args.input_size) if args.input_size else default_input_size(cfg)
+    classes, category_ids = _classes(args, cfg)
+    out = Path(args.out)
+
+    print(
+        f"exporting {cfg.MODEL.META_ARCHITECTURE} ({cfg.MODEL.WEIGHTS}) at {input_size[0]}x{input_size[1]} to {out}",
+        flush=True,
+    )
+    model = build_model(cfg)
+    engines = export_onnx(model, cfg, out, input_size)
+    source = {"config_file": args.config_file, "weights": cfg.MODEL.WEIGHTS}
+    manifest = build_manifest(cfg, engines, classes, category_ids, source)
+    write_manifest(out, manifest)
+    onnx_names = [engine["onnx"] for engine in manifest["engines"].values()]
+    print(f"wrote {', '.join(onnx_names)} and manifest.json to {out} ({manifest['mode']})", flush=True)
+
+    if args.check_trt:
+        _check_trt(args, out, onnx_names)
+    if args.format == "trt":
+        reason = tensorrt_unavailable()
+        if reason is not None:
+            raise SltnetError(f"--format trt: {reason}; the ONNX engines and manifest.json are in {out}")
+        _build_tensorrt(args, out, manifest)
+        write_manifest(out, manifest)
+        print(f"wrote TensorRT engines to {out}", flush=True)
+    return 0

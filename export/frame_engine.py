@@ -1,0 +1,63 @@
+"""The frame engine (DESIGN B.1): runs once per frame.
+
+Input ``image``: uint8 [1, 3, H_in, W_in] RGB at the export's fixed input size. Inside, exactly the
+PyTorch path of :class:`~sltnet.modeling.streaming.StreamingDetector`: :class:`ImagePreprocessor`
+(shortest-edge resize to ``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``, bilinear without
+antialiasing; channel order of ``INPUT.FORMAT``; ``(x - PIXEL_MEAN) / PIXEL_STD``; zero padding to
+``SIZE_DIVISIBILITY``), then the backbone and the RPN.
+
+Outputs: the box head's FPN levels (``p2`` .. ``p5``: [1, C, H_l, W_l]), ``objectness_logits``
+[A] and ``boxes`` [A, 4] (decoded, unclipped, in the pixels of the resized frame before padding;
+the runtime scales detections back to the input size).
+"""
+
+from typing import List, Tuple, Union
+
+from torch import Tensor, nn
+
+from sltnet.data.transforms import ImagePreprocessor
+from sltnet.modeling.baseline import FasterRCNN
+from sltnet.modeling.rpn import RPNOutputs
+from sltnet.modeling.sltnet import SLTnet
+
+IMAGE_INPUT = "image"
+OBJECTNESS_LOGITS = "objectness_logits"
+ANCHOR_BOXES = "boxes"
+
+
+class FrameEngine(nn.Module):
+    """uint8 image → box-head FPN levels, per-anchor objectness logits and decoded boxes.
+
+    Args:
+        model: an :class:`SLTnet` or the single-frame :class:`FasterRCNN` (both have ``backbone``,
+            ``rpn`` and the level names ``rpn_in_features`` / ``roi_in_features``).
+        preprocessor: the test-time image path.
+    """
+
+    def __init__(self, model: Union[SLTnet, FasterRCNN], preprocessor: ImagePreprocessor) -> None:
+        super().__init__()
+        self.model = model
+        self.preprocessor = preprocessor
+
+    @property
+    def output_names(self) -> List[str]:
+        return [*self.model.roi_in_features, OBJECTNESS_LOGITS, ANCHOR_BOXES]
+
+    def resized_size(self, input_size: Tuple[int, int]) -> Tuple[int, int]:
+        """(height, width) of a frame of ``input_size`` after the resize, before padding."""
+        return self.preprocessor.output_shape(*input_size)
+
+    def _run(self, image: Tensor) -> Tuple[List[Tensor], RPNOutputs]:
+        batch = self.preprocessor.pad(self.preprocessor(image))
+        features = self.model.backbone(batch)
+        rpn_outputs = self.model.rpn([features[name] for name in self.model.rpn_in_features])
+        return [features[name] for name in self.model.roi_in_features], rpn_outputs
+
+    def num_anchors_per_level(self, image: Tensor) -> List[int]:
+        """A split by RPN level for images of ``image``'s size."""
+        return self._run(image)[1].num_anchors_per_level
+
+    def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
+        """uint8 [1, 3, H_in, W_in] RGB → (*levels [1, C, H_l, W_l], logits [A], boxes [A, 4])."""
+        levels, rpn_outputs = self._run(image)
+        return (*levels, rpn_outputs.objectness_logits[0], rpn_outputs.boxes[0])

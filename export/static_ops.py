@@ -1,0 +1,205 @@
+"""Static-shape versions of the data-dependent inference steps, for the exported temporal engine.
+
+The PyTorch model drops candidates by boolean indexing and returns as many tubelets and detections
+as survive. An engine needs shapes fixed at build time (DESIGN B), so here the same steps keep a
+fixed number of slots plus a validity mask:
+
+- NMS is one ONNX ``NonMaxSuppression`` node with constant parameters; its variable-length result
+  never leaves the graph: it is scattered into a fixed-size "kept" mask, and a ``TopK`` with a
+  constant K orders the kept candidates by score (padding slots last).
+- Per-group NMS (per FPN level, per class) offsets each group's boxes as torchvision's
+  ``batched_nms`` does for up to 1000 boxes on the CPU (25000 on CUDA), so NMS sees the same
+  coordinates as PyTorch; above that torchvision runs NMS per group on unshifted boxes, which can
+  round an IoU right at the threshold the other way.
+- Multi-level RoIAlign pools every box on every level and picks the box's level with a mask
+  instead of gathering boxes per level (L times the RoIAlign work, no data-dependent indexing).
+
+Everything else is the model's own code (:func:`~sltnet.modeling.rpn.top_anchors_per_level`,
+:func:`~sltnet.modeling.tubelets.clip_window_boxes`,
+:func:`~sltnet.modeling.box_head.detection_candidates`, ...).
+
+TensorRT limits these steps respect: TopK needs a constant K < 3840; NMS looks at no more than the
+best 5000 boxes. Where (RoIs x classes) exceeds 5000, the best 3839 candidates are taken before the
+final NMS; this is the only place the engines may differ from PyTorch, and only when more than
+3839 (RoI, class) pairs pass the score threshold.
+"""
+
+import math
+from typing import List, NamedTuple, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torchvision.models.detection._utils import BoxCoder
+from torchvision.ops import nms, roi_align
+
+from sltnet.modeling.box_head import detection_candidates
+from sltnet.modeling.poolers import MultiLevelRoIAlign, assign_boxes_to_levels
+from sltnet.modeling.rpn import top_anchors_per_level
+from sltnet.modeling.tubelets import clip_window_boxes
+
+#: TensorRT 10's TopK needs a constant K below 3840.
+MAX_TOPK = 3839
+#: TensorRT's NMS layer considers at most this many boxes per batch item.
+MAX_NMS_BOXES = 5000
+
+
+class _NonMaxSuppression(torch.autograd.Function):
+    """torchvision's ``nms``, exported as ONNX ``NonMaxSuppression`` with every parameter constant:
+    3-D boxes [1, n, 4] and scores [1, 1, n], ``max_output_boxes_per_class`` = n (not int64's
+    maximum, which TensorRT's int32 parameter cannot hold) and the IoU threshold."""
+
+    @staticmethod
+    def forward(ctx, boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:  # type: ignore[override]
+        return nms(boxes, scores, iou_threshold)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, iou_threshold: float):  # type: ignore[no-untyped-def]
+        num_boxes = boxes.type().sizes()[0]
+        boxes_3d = g.op("Reshape", boxes, g.op("Constant", value_t=torch.tensor([1, num_boxes, 4])))
+        scores_3d = g.op("Reshape", scores, g.op("Constant", value_t=torch.tensor([1, 1, num_boxes])))
+        selected = g.op(
+            "NonMaxSuppression",
+            boxes_3d,
+            scores_3d,
+            g.op("Constant", value_t=torch.tensor([num_boxes], dtype=torch.int64)),
+            g.op("Constant", value_t=torch.tensor([iou_threshold], dtype=torch.float32)),
+        )  # [n_kept, 3] rows of (batch, class, box index)
+        return g.op("Gather", selected, g.op("Constant", value_t=torch.tensor(2)), axis_i=1)
+
+
+def masked_nms(
+    boxes: Tensor, scores: Tensor, groups: Tensor, valid: Tensor, iou_threshold: float, k: int
+) -> Tuple[Tensor, Tensor]:
+    """NMS within groups over the valid boxes; the best ``k`` survivors, padded to exactly ``k``.
+
+    Args:
+        boxes: [n, 4] (x1, y1, x2, y2); rows that are not valid may hold anything.
+        scores: [n].
+        groups: [n] int64; boxes of different groups never suppress each other.
+        valid: [n] bool, the candidates (an invalid box is never kept and suppresses nothing).
+        k: output size, at most n.
+    Returns:
+        indices: [k] int64 rows of the survivors by decreasing score, then padding rows.
+        kept: [k] bool, False for the padding rows.
+    """
+    boxes = torch.where(valid[:, None], boxes, torch.zeros_like(boxes))
+    # Invalid boxes come last in NMS order (no lower-scored box suppresses a higher one).
+    scores = torch.where(valid, scores, torch.full_like(scores, -math.inf))
+    # torchvision's batched_nms offset: with invalid boxes at 0 the maximum is the valid boxes' one.
+    offsets = groups.to(boxes.dtype) * (boxes.max() + 1)
+    survivors = _NonMaxSuppression.apply(boxes + offsets[:, None], scores, iou_threshold)
+    kept = torch.zeros_like(scores).scatter(0, survivors, torch.ones_like(survivors, dtype=scores.dtype)) > 0
+    kept = kept & valid
+    ranked = torch.where(kept, scores, torch.full_like(scores, -math.inf)).topk(k).indices
+    return ranked, kept[ranked]
+
+
+class FixedTubelets(NamedTuple):
+    """Tubelet proposals of one window in R fixed slots (DESIGN A.3).
+
+    Attributes:
+        boxes: [N, R, 4] per frame, clipped; padding slots are zeros.
+        valid: [R] bool, True for the real tubelets, which come first, by decreasing objectness.
+    """
+
+    boxes: Tensor
+    valid: Tensor
+
+
+def link_tubelets_fixed(
+    boxes: Tensor,
+    logits: Tensor,
+    num_anchors_per_level: Sequence[int],
+    reference_index: int,
+    image_size: Tuple[int, int],
+    pre_nms_topk: int,
+    post_nms_topk: int,
+    nms_thresh: float,
+    min_size: float,
+) -> FixedTubelets:
+    """:func:`sltnet.modeling.tubelets.link_tubelets` with R = min(``post_nms_topk``, candidates) slots.
+
+    Args: as :func:`~sltnet.modeling.tubelets.link_tubelets`.
+    """
+    clipped, valid_in_window = clip_window_boxes(boxes, image_size, min_size)
+    reference_logits = logits[reference_index]
+    indices, levels = top_anchors_per_level(reference_logits[None], num_anchors_per_level, pre_nms_topk)
+    indices = indices[0]
+    scores = reference_logits[indices]
+    candidates = valid_in_window[indices] & torch.isfinite(scores)
+    num_slots = min(post_nms_topk, len(indices))
+    order, valid = masked_nms(clipped[reference_index, indices], scores, levels, candidates, nms_thresh, num_slots)
+    tubelet_boxes = clipped[:, indices[order]]
+    return FixedTubelets(torch.where(valid[None, :, None], tubelet_boxes, torch.zeros_like(tubelet_boxes)), valid)
+
+
+def pool_fixed(pooler: MultiLevelRoIAlign, features: List[Tensor], boxes: Tensor) -> Tensor:
+    """The pooler's multi-level RoIAlign of one image's boxes, without gathering boxes per level.
+
+    Args:
+        pooler: the box head's pooler (its scales, output size and sampling ratio are used).
+        features: one [1, C, H_l, W_l] tensor per pooler level, finest first.
+        boxes: [R, 4] (x1, y1, x2, y2).
+    Returns:
+        [R, C, S, S], equal to ``pooler(features, [boxes])``.
+    """
+    rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1)
+    levels = assign_boxes_to_levels(boxes, pooler.min_level, pooler.max_level)[:, None, None, None]
+    pooled = None
+    for level, (feature, scale) in enumerate(zip(features, pooler.scales)):
+        level_pooled = roi_align(feature, rois, pooler.output_size, scale, pooler.sampling_ratio, aligned=True)
+        pooled = level_pooled if pooled is None else torch.where(levels == level, level_pooled, pooled)
+    return pooled
+
+
+class FixedDetections(NamedTuple):
+    """Detections in D fixed slots, by decreasing score; slots from ``count`` on are padding.
+
+    Attributes:
+        boxes: [D, 4] in input-image pixels (zeros in padding slots).
+        scores: [D] (zeros in padding slots).
+        classes: [D] int64 in 0..K-1 (-1 in padding slots).
+        count: [1] int64, the number of detections.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    classes: Tensor
+    count: Tensor
+
+
+def postprocess_fixed(
+    class_probs: Tensor,
+    box_deltas: Tensor,
+    proposals: Tensor,
+    valid: Tensor,
+    image_size: Tuple[int, int],
+    *,
+    box_coder: BoxCoder,
+    score_thresh: float,
+    nms_thresh: float,
+    topk: int,
+) -> FixedDetections:
+    """:func:`sltnet.modeling.box_head.postprocess_detections` with D = min(``topk``, candidates) slots.
+
+    Args:
+        valid: [R] bool, False for padding RoIs (their pairs are no candidates).
+        Other arguments as :func:`~sltnet.modeling.box_head.postprocess_detections`.
+    """
+    boxes, scores, candidates = detection_candidates(
+        class_probs, box_deltas, proposals, image_size, box_coder=box_coder, score_thresh=score_thresh
+    )
+    num_rois, num_classes = scores.shape
+    boxes, scores = boxes.reshape(-1, 4), scores.reshape(-1)
+    candidates = (candidates & valid[:, None]).reshape(-1)
+    classes = torch.arange(num_classes, device=scores.device).repeat(num_rois)
+    if len(scores) > MAX_NMS_BOXES:
+        best = torch.where(candidates, scores, torch.full_like(scores, -math.inf)).topk(MAX_TOPK).indices
+        boxes, scores, candidates, classes = boxes[best], scores[best], candidates[best], classes[best]
+    order, kept = masked_nms(boxes, scores, classes, candidates, nms_thresh, min(topk, len(scores)))
+    return FixedDetections(
+        boxes=torch.where(kept[:, None], boxes[order], torch.zeros_like(boxes[order])),
+        scores=torch.where(kept, scores[order], torch.zeros_like(scores[order])),
+        classes=torch.where(kept, classes[order], torch.full_like(classes[order], -1)),
+        count=kept.to(torch.int64).sum().reshape(1),
+    )

@@ -1,0 +1,176 @@
+"""TensorRT engines from the exported ONNX graphs (DESIGN B.5), TensorRT 10 Python API only.
+
+Build: plugins initialised, ``create_network(0)`` (explicit batch, the only mode in TensorRT 10),
+``OnnxParser.parse_from_file`` with every parser error reported, a workspace limit
+(``set_memory_pool_limit(WORKSPACE, ...)``), a timing cache loaded from and saved to a file, an
+optimization profile fixing the shape of any input the graph leaves dynamic (the exported graphs
+have none), FP16 through the builder flag (deprecated since TensorRT 10.12 and gone in 11, hence
+``tensorrt<11``), then ``build_serialized_network``; the plan is written atomically beside the ONNX.
+
+``tensorrt`` is imported only when needed: without it, or without a CUDA GPU,
+:func:`tensorrt_unavailable` says why in one line.
+
+:class:`TensorRTEngine` runs a built engine with the named-tensor API (``set_tensor_address`` +
+``execute_async_v3`` on a dedicated CUDA stream, buffers from torch) for checks; the runtime has its
+own zero-copy backend.
+"""
+
+import importlib
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from sltnet.atomic_io import atomic_output
+from sltnet.errors import SltnetError
+
+TENSORRT_MAJOR = 10
+
+
+def tensorrt_unavailable() -> Optional[str]:
+    """Why TensorRT engines cannot be built or run here (None when they can)."""
+    try:
+        trt = importlib.import_module("tensorrt")
+    except ImportError as err:
+        return f"the tensorrt package is not installed ({err}); install 'tensorrt>=10,<11'"
+    major = int(trt.__version__.split(".")[0])
+    if major != TENSORRT_MAJOR:
+        return (
+            f"tensorrt {trt.__version__} is installed, the export needs the TensorRT {TENSORRT_MAJOR} API "
+            "('tensorrt>=10,<11')"
+        )
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is available to torch"
+    return None
+
+
+def _parser_errors(parser, onnx_path: Path) -> str:  # type: ignore[no-untyped-def]
+    """Every parser error on one line, with the ONNX node each one names."""
+    import onnx
+
+    nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
+    messages = []
+    for index in range(parser.num_errors):
+        error = parser.get_error(index)
+        node = error.node()
+        where = f"node {nodes[node].name!r} ({nodes[node].op_type}): " if 0 <= node < len(nodes) else ""
+        messages.append(f"{where}{error.desc()}")
+    return "; ".join(messages) or "no parser error recorded"
+
+
+def build_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    *,
+    fp16: bool,
+    workspace_mib: int,
+    timing_cache: Path,
+    input_shapes: Dict[str, Sequence[int]],
+) -> None:
+    """Build and serialize one engine.
+
+    Args:
+        onnx_path: the ONNX graph.
+        engine_path: where the plan is written (atomically).
+        fp16: allow FP16 kernels (``BuilderFlag.FP16``).
+        workspace_mib: limit of the builder's workspace memory pool.
+        timing_cache: read if present, then rewritten with what this build measured.
+        input_shapes: the fixed shape of every input, used for inputs the graph leaves dynamic.
+    Raises:
+        SltnetError: TensorRT is unavailable, cannot parse the graph, or the build fails.
+    """
+    reason = tensorrt_unavailable()
+    if reason is not None:
+        raise SltnetError(f"TensorRT engines cannot be built here: {reason}")
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    trt.init_libnvinfer_plugins(logger, "")
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        raise SltnetError(f"{onnx_path}: TensorRT cannot parse the graph: {_parser_errors(parser, onnx_path)}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    dynamic_inputs = [
+        network.get_input(i) for i in range(network.num_inputs) if -1 in tuple(network.get_input(i).shape)
+    ]
+    if dynamic_inputs:
+        profile = builder.create_optimization_profile()
+        for tensor in dynamic_inputs:
+            shape = tuple(input_shapes[tensor.name])
+            profile.set_shape(tensor.name, shape, shape, shape)
+        config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise SltnetError(f"{onnx_path}: TensorRT build failed (see the TensorRT messages above)")
+    with atomic_output(engine_path, "wb") as stream:
+        stream.write(plan)
+    with atomic_output(timing_cache, "wb") as stream:
+        stream.write(config.get_timing_cache().serialize())
+
+
+class TensorRTEngine:
+    """A built engine run by tensor name on a dedicated CUDA stream, called with named CPU tensors.
+
+    Args:
+        path: the serialized engine.
+    Raises:
+        SltnetError: TensorRT unavailable, or a plan this TensorRT cannot deserialize.
+    """
+
+    def __init__(self, path: Path) -> None:
+        reason = tensorrt_unavailable()
+        if reason is not None:
+            raise SltnetError(f"{path}: cannot run a TensorRT engine here: {reason}")
+        import tensorrt as trt
+
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if self.engine is None:
+            raise SltnetError(f"{path}: TensorRT cannot deserialize this engine (built by another TensorRT or GPU?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._dtypes = {
+            trt.float32: torch.float32,
+            trt.float16: torch.float16,
+            trt.int32: torch.int32,
+            trt.int64: torch.int64,
+            trt.int8: torch.int8,
+            trt.uint8: torch.uint8,
+            trt.bool: torch.bool,
+        }
+        self.stream = torch.cuda.Stream()
+
+    def _output_buffers(self) -> List[Tensor]:
+        return [
+            torch.empty(
+                tuple(self.engine.get_tensor_shape(name)),
+                dtype=self._dtypes[self.engine.get_tensor_dtype(name)],
+                device="cuda",
+            )
+            for name in self.output_names
+        ]
+
+    def __call__(self, feeds: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        inputs = [feeds[name].to("cuda").contiguous() for name in self.input_names]
+        outputs = self._output_buffers()
+        for name, tensor in zip(self.input_names + self.output_names, inputs + outputs):
+            if not self.context.set_tensor_address(name, tensor.data_ptr()):
+                raise RuntimeError(f"TensorRT refused the address of tensor {name!r}")
+        self.stream.wait_stream(torch.cuda.current_stream())  # the input copies
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        self.stream.synchronize()
+        return {name: tensor.cpu() for name, tensor in zip(self.output_names, outputs)}

@@ -1,0 +1,698 @@
+"""Export (DESIGN B): frame and temporal engines in ONNX, their parity with PyTorch streaming inference,
+the static TensorRT check, the manifest and the sltnet-export command line.
+
+The tiny configs run with random weights whose classifier logits are scaled up, so scores spread out
+and a threshold of 0.8 keeps a varying number of detections per frame; the attention's output
+projection is scaled up too, so the long-term memory visibly changes the scores.
+"""
+
+import hashlib
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Sequence
+
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+from torchvision.models.detection._utils import BoxCoder
+
+from export.cli import main
+from export.manifest import MANIFEST_FILE, load_manifest
+from export.onnx_export import build_engine_modules
+from export.reference_runtime import EngineStreamer, module_engines, onnxruntime_engines
+from export.static_ops import link_tubelets_fixed, masked_nms, pool_fixed, postprocess_fixed
+from export.tensorrt_build import tensorrt_unavailable
+from export.trt_check import check_model, default_ops_table, load_ops_table
+from sltnet.config import load_config
+from sltnet.errors import SltnetError
+from sltnet.modeling.box_head import postprocess_detections
+from sltnet.modeling.build import build_model
+from sltnet.modeling.poolers import MultiLevelRoIAlign
+from sltnet.modeling.streaming import StreamingDetector
+from sltnet.modeling.tubelets import link_tubelets
+from sltnet.tools.synth import main as synth_main
+
+TINY_SLTNET = "configs/synthetic/tiny_sltnet.yaml"
+TINY_BASELINE = "configs/synthetic/tiny_baseline.yaml"
+# Thresholds in gaps of the test video's candidate scores (>= 1e-3 from every one of them), so float
+# differences between backends cannot change which candidates pass.
+SCORE_THRESH = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.7"]
+BASELINE_SCORE_THRESH = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.42"]
+SYMMETRIC_N = ["MODEL.SPATIOTEMPORAL.NUM_FRAMES", "2"]
+CLASS_NAMES = "a,b,c,d"
+NUM_FRAMES = 8  # keyframes 0, 3, 6 with 2 memory slots: the memory fills and wraps around
+
+
+class Export(NamedTuple):
+    """An export made by the command line, and what the PyTorch reference needs."""
+
+    out: Path
+    config: str
+    overrides: List[str]
+    frame_size: tuple
+
+
+def video(frame_size: Sequence[int], num_frames: int = NUM_FRAMES, seed: int = 0) -> torch.Tensor:
+    """[T, 3, H, W] uint8 noise with a bright square moving right."""
+    generator = torch.Generator().manual_seed(seed)
+    frames = torch.randint(0, 60, (num_frames, 3, *frame_size), generator=generator, dtype=torch.uint8)
+    for t in range(num_frames):
+        frames[t, :, 30:60, 10 + 4 * t : 40 + 4 * t] = 220
+    return frames
+
+
+def stream(detector, frames: torch.Tensor) -> List[tuple]:
+    """(result, frames pushed when it came out) for a whole video."""
+    answered = []
+    for pushed, frame in enumerate(frames, start=1):
+        answered += [(result, pushed) for result in detector.push(frame)]
+    return answered + [(result, len(frames)) for result in detector.flush()]
+
+
+def assert_same_results(expected: List[tuple], actual: List[tuple]) -> None:
+    """Same frames at the same time, same detection counts; every detection matched one to one
+    (same class, box within 1e-2 px, score within 1e-4), in any order among near-equal scores."""
+    assert [(r.frame_index, pushed) for r, pushed in actual] == [(r.frame_index, pushed) for r, pushed in expected]
+    for (reference, _), (result, _) in zip(expected, actual):
+        assert len(result.scores) == len(reference.scores), f"frame {reference.frame_index}"
+        unmatched = list(range(len(result.scores)))
+        for box, score, label in zip(reference.boxes, reference.scores, reference.classes):
+            match = next(
+                (
+                    j
+                    for j in unmatched
+                    if result.classes[j] == label
+                    and abs(float(result.scores[j] - score)) <= 1e-4
+                    and float((result.boxes[j] - box).abs().max()) <= 1e-2
+                ),
+                None,
+            )
+            assert match is not None, f"frame {reference.frame_index}: no match for {box.tolist()} {float(score)}"
+            unmatched.remove(match)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """One intra-op thread, like the onnxruntime sessions here: on a busy machine OpenMP threads wait
+    on each other far longer than the work takes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_weights(folder: Path) -> Dict[str, Path]:
+    """Random tiny SLTnet weights (and the single-frame part of them for the baseline) in ``folder``."""
+    torch.manual_seed(0)
+    model = build_model(load_config(TINY_SLTNET, ["MODEL.WEIGHTS", ""]))
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.mul_(6)
+        model.st_cls_predictor.cls_score.weight.mul_(6)
+        for projection in model.st_box_head.Wvs:
+            projection.weight.mul_(3)
+        for geometry in model.st_box_head.Wgs:
+            geometry.bias.fill_(1.0)
+    state = model.state_dict()
+    torch.save(state, folder / "sltnet.pt")
+    torch.save({k: v for k, v in state.items() if not k.startswith("st_")}, folder / "baseline.pt")
+    return {"sltnet": folder / "sltnet.pt", "baseline": folder / "baseline.pt"}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Dict[str, Path]:
+    return make_weights(tmp_path_factory.mktemp("weights"))
+
+
+def run_export(
+    tmp_path_factory,
+    name: str,
+    config: str,
+    weights: Path,
+    args: Sequence[str],
+    overrides: Sequence[str],
+    frame_size: tuple,
+    mode_overrides: Sequence[str] = (),
+) -> Export:
+    """Export with the command line; ``mode_overrides`` give the PyTorch reference the mode of ``args``."""
+    out = tmp_path_factory.mktemp(name) / "engines"
+    argv = [
+        "--config-file",
+        config,
+        "--weights",
+        str(weights),
+        "--out",
+        str(out),
+        "--class-names",
+        CLASS_NAMES,
+        "--check-trt",
+        *args,
+        *overrides,
+    ]
+    assert main(argv) == 0
+    return Export(out, config, ["MODEL.WEIGHTS", str(weights), *overrides, *mode_overrides], frame_size)
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory, weights) -> Export:
+    """Frames of 120x160, resized to 96x128 inside the frame engine."""
+    return run_export(
+        tmp_path_factory,
+        "sequential",
+        TINY_SLTNET,
+        weights["sltnet"],
+        ["--input-size", "120", "160"],
+        SCORE_THRESH,
+        (120, 160),
+    )
+
+
+@pytest.fixture(scope="module")
+def symmetric(tmp_path_factory, weights) -> Export:
+    """Window t-2..t+2 at the default input size (128x128)."""
+    return run_export(
+        tmp_path_factory,
+        "symmetric",
+        TINY_SLTNET,
+        weights["sltnet"],
+        ["--mode", "symmetric"],
+        SYMMETRIC_N + SCORE_THRESH,
+        (128, 128),
+        ["MODEL.SPATIOTEMPORAL.FORWARD_AGGREGATION", "true"],
+    )
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, weights) -> Export:
+    """The single-frame detector; 100x128 frames are zero-padded to 128x128 inside."""
+    return run_export(
+        tmp_path_factory,
+        "baseline",
+        TINY_BASELINE,
+        weights["baseline"],
+        ["--input-size", "100", "128"],
+        BASELINE_SCORE_THRESH,
+        (100, 128),
+    )
+
+
+@pytest.fixture(params=["sequential", "symmetric", "baseline"])
+def exported(request) -> Export:
+    return request.getfixturevalue(request.param)
+
+
+def reference_detector(export: Export) -> StreamingDetector:
+    cfg = load_config(export.config, export.overrides)
+    return StreamingDetector.from_config(build_model(cfg), cfg)
+
+
+# ------------------------------------------------------------------------------------------------
+# Graphs
+# ------------------------------------------------------------------------------------------------
+def test_graphs_are_checker_clean_static_and_named_as_documented(exported):
+    manifest = load_manifest(exported.out)
+    for engine in ("frame", "temporal"):
+        graph = onnx.load(str(exported.out / manifest["engines"][engine]["onnx"]))
+        onnx.checker.check_model(graph, full_check=True)
+        assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [17]
+        for value in [*graph.graph.input, *graph.graph.output]:
+            assert all(d.HasField("dim_value") for d in value.type.tensor_type.shape.dim), value.name
+    frame, temporal = manifest["engines"]["frame"], manifest["engines"]["temporal"]
+    assert frame["inputs"] == [{"name": "image", "shape": [1, 3, *exported.frame_size], "dtype": "uint8"}]
+    assert [o["name"] for o in frame["outputs"]] == ["p2", "p3", "p4", "p5", "objectness_logits", "boxes"]
+    window = manifest["window"]["size"]
+    slot_names = [f"frame{i}_{o['name']}" for i in range(window) for o in frame["outputs"]]
+    temporal_inputs = [spec["name"] for spec in temporal["inputs"]]
+    assert temporal_inputs[: len(slot_names)] == slot_names
+    for i in range(window):  # every slot binds the frame engine's buffers unchanged
+        for spec in frame["outputs"]:
+            slot = next(s for s in temporal["inputs"] if s["name"] == f"frame{i}_{spec['name']}")
+            assert (slot["shape"], slot["dtype"]) == (spec["shape"], spec["dtype"])
+    outputs = {o["name"]: (o["shape"], o["dtype"]) for o in temporal["outputs"]}
+    assert outputs["det_boxes"] == ([50, 4], "float32") and outputs["det_classes"] == ([50], "int64")
+    assert outputs["det_count"] == ([1], "int64")
+
+
+def test_long_term_memory_tensors(sequential):
+    manifest = load_manifest(sequential.out)
+    memory = manifest["memory"]
+    assert memory == {
+        "long_term": True,
+        "num_keyframes": 2,
+        "keyframe_interval": 3,
+        "rows_per_entry": 16,
+        "rows": 32,
+        "feature_dim": 64,
+    }
+    temporal = manifest["engines"]["temporal"]
+    inputs = {spec["name"]: (spec["shape"], spec["dtype"]) for spec in temporal["inputs"]}
+    assert inputs["memory_features"] == ([32, 64], "float32")
+    assert inputs["memory_boxes"] == ([32, 4], "float32")
+    assert inputs["memory_valid"] == ([32], "bool")
+    outputs = {spec["name"]: (spec["shape"], spec["dtype"]) for spec in temporal["outputs"]}
+    assert outputs["entry_features"] == ([16, 64], "float32") and outputs["entry_valid"] == ([16], "bool")
+
+
+def test_manifest_describes_the_export(sequential, symmetric, baseline):
+    manifest = load_manifest(sequential.out)
+    assert manifest["architecture"] == "SLTnet" and manifest["mode"] == "sequential"
+    assert manifest["classes"] == CLASS_NAMES.split(",") and manifest["category_ids"] == [1, 2, 3, 4]
+    assert manifest["input"]["shape"] == [1, 3, 120, 160] and manifest["input"]["resized_size"] == [96, 128]
+    assert manifest["window"] == {
+        **manifest["window"],
+        "num_frames": 3,
+        "size": 3,
+        "reference_position": 2,
+        "latency_frames": 0,
+        "slot_input": "frame{slot}_{output}",
+    }
+    assert manifest["detections"] == {"slots": 50, "score_thresh": 0.7, "nms_thresh": 0.5}
+    assert manifest["versions"]["opset"] == 17 and manifest["versions"]["torch"] == torch.__version__
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == hashlib.sha256((sequential.out / name).read_bytes()).hexdigest()
+
+    window = load_manifest(symmetric.out)["window"]
+    assert (window["num_frames"], window["size"], window["reference_position"], window["latency_frames"]) == (
+        2,
+        5,
+        2,
+        2,
+    )
+    single = load_manifest(baseline.out)
+    assert (single["architecture"], single["mode"], single["window"]["size"]) == ("GeneralizedRCNN", "single_frame", 1)
+    assert single["memory"]["long_term"] is False
+
+
+# ------------------------------------------------------------------------------------------------
+# Parity with PyTorch
+# ------------------------------------------------------------------------------------------------
+def test_frame_engine_matches_pytorch(sequential):
+    detector = reference_detector(sequential)
+    manifest = load_manifest(sequential.out)
+    frame_engine, _ = onnxruntime_engines(sequential.out, manifest, num_threads=1)
+    image = video(sequential.frame_size, num_frames=1)[0]
+    with torch.no_grad():
+        expected = detector.model.frame_outputs(detector.preprocessor.pad(detector.preprocessor(image))[None])
+    actual = frame_engine({"image": image[None]})
+    for level, name in zip(expected.features, ["p2", "p3", "p4", "p5"]):
+        torch.testing.assert_close(actual[name], level, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(actual["objectness_logits"], expected.objectness_logits, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(actual["boxes"], expected.boxes, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_streaming_over_the_engines_matches_pytorch(exported, backend):
+    """Window padding at both ends, keyframe memory updates, results at the same time as PyTorch."""
+    frames = video(exported.frame_size)
+    cfg = load_config(exported.config, exported.overrides)
+    model = build_model(cfg)
+    expected = stream(StreamingDetector.from_config(model, cfg), frames)
+    manifest = load_manifest(exported.out)
+    if backend == "onnxruntime":
+        engines = onnxruntime_engines(exported.out, manifest, num_threads=1)
+    else:
+        modules = build_engine_modules(model, cfg, exported.frame_size)
+        engines = module_engines(modules.frame, modules.temporal)
+    actual = stream(EngineStreamer(manifest, *engines), frames)
+    assert sum(len(r.scores) for r, _ in expected) > 0
+    assert len({len(r.scores) for r, _ in expected}) > 1  # counts vary: the threshold matters
+    assert_same_results(expected, actual)
+
+
+def test_long_term_memory_changes_the_detections(sequential):
+    """The parity above covers the memory: without keyframe entries the engine answers differently."""
+    frames = video(sequential.frame_size)
+    manifest = load_manifest(sequential.out)
+    streamer = EngineStreamer(manifest, *onnxruntime_engines(sequential.out, manifest, num_threads=1))
+    with_memory = stream(streamer, frames)
+    interval = manifest["memory"]["keyframe_interval"]
+    without_memory = []
+    for t, frame in enumerate(frames):
+        without_memory += streamer.push(frame)
+        assert len(streamer.memory) == (t % interval == 0)  # a keyframe's entry is written after it is answered
+        streamer.memory.reset()
+    changed = [
+        a.frame_index
+        for (a, _), b in zip(with_memory, without_memory)
+        if len(a.scores) != len(b.scores) or not torch.allclose(a.scores, b.scores, atol=1e-3)
+    ]
+    assert changed and 0 not in changed  # frame 0 has no earlier keyframe either way
+
+
+def test_masked_nms_keeps_valid_boxes_by_score_and_pads():
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [0, 0, 10, 10], [40, 40, 50, 50.0]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.95, 0.99])
+    groups = torch.tensor([0, 0, 0, 1, 0])
+    valid = torch.tensor([True, True, True, True, False])
+    indices, kept = masked_nms(boxes, scores, groups, valid, 0.5, k=5)
+    # Box 1 overlaps box 0 of its group; box 3 is in another group; box 4 is not a candidate.
+    assert indices[:3].tolist() == [3, 0, 2] and kept.tolist() == [True, True, True, False, False]
+
+
+def random_boxes(generator: torch.Generator, shape: Sequence[int], size: float) -> torch.Tensor:
+    """[..., 4] boxes of sides 4..36 px with corners in 0..size (some past the border)."""
+    corners = torch.rand((*shape, 2), generator=generator) * size
+    return torch.cat([corners, corners + 4 + 32 * torch.rand((*shape, 2), generator=generator)], dim=-1)
+
+
+@pytest.mark.parametrize("num_rois, num_classes", [(60, 4), (300, 30)])  # 300 x 30 > 5000: pre-selection
+def test_fixed_size_postprocessing_equals_the_model(num_rois, num_classes):
+    generator = torch.Generator().manual_seed(1)
+    probs = (3 * torch.randn((num_rois, num_classes + 1), generator=generator)).softmax(dim=1)
+    deltas = torch.randn((num_rois, 4 * num_classes), generator=generator) * 0.1
+    proposals = random_boxes(generator, [num_rois], 90)
+    valid = torch.arange(num_rois) < num_rois - 7  # padding rows at the end hold boxes too
+    settings = {"box_coder": BoxCoder((10.0, 10.0, 5.0, 5.0)), "score_thresh": 0.1, "nms_thresh": 0.5, "topk": 50}
+    expected = postprocess_detections(probs[valid], deltas[valid], proposals[valid], (96, 128), **settings)
+    fixed = postprocess_fixed(probs, deltas, proposals, valid, (96, 128), **settings)
+    count = int(fixed.count)
+    assert 0 < count == len(expected.scores) <= len(fixed.scores) == 50
+    torch.testing.assert_close(fixed.boxes[:count], expected.boxes)
+    torch.testing.assert_close(fixed.scores[:count], expected.scores)
+    assert torch.equal(fixed.classes[:count], expected.classes) and (fixed.classes[count:] == -1).all()
+
+
+def test_fixed_size_tubelets_and_pooling_equal_the_model():
+    generator = torch.Generator().manual_seed(2)
+    num_anchors_per_level = [300, 120, 30]
+    boxes = random_boxes(generator, [3, sum(num_anchors_per_level)], 120)
+    boxes[1, 5] = float("nan")  # anchor 5 cannot form a tubelet
+    logits = torch.randn((3, sum(num_anchors_per_level)), generator=generator)
+    arguments = (num_anchors_per_level, 2, (96, 128), 100, 40, 0.7, 0.0)
+    expected = link_tubelets(boxes, logits, *arguments)
+    fixed = link_tubelets_fixed(boxes, logits, *arguments)
+    num_tubelets = len(expected.scores)
+    assert fixed.valid.tolist() == [True] * num_tubelets + [False] * (len(fixed.valid) - num_tubelets)
+    torch.testing.assert_close(fixed.boxes[:, :num_tubelets], expected.boxes)
+    assert (fixed.boxes[:, num_tubelets:] == 0).all()
+
+    pooler = MultiLevelRoIAlign(7, [1 / 4, 1 / 8, 1 / 16], sampling_ratio=2)
+    features = [torch.randn((1, 8, 24 // 2**i, 32 // 2**i), generator=generator) for i in range(3)]
+    reference_boxes = random_boxes(generator, [80], 90) * torch.linspace(0.2, 3, 80)[:, None]  # every level
+    torch.testing.assert_close(pool_fixed(pooler, features, reference_boxes), pooler(features, [reference_boxes]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Static TensorRT check
+# ------------------------------------------------------------------------------------------------
+def test_static_trt_check_passes_on_both_graphs(exported):
+    table = load_ops_table(default_ops_table())
+    manifest = load_manifest(exported.out)
+    for engine in manifest["engines"].values():
+        assert check_model(exported.out / engine["onnx"], table) == []
+
+
+def float_input(name: str, shape: List[int]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def bad_graph() -> onnx.ModelProto:
+    """A graph with one problem per node."""
+    nodes = [
+        helper.make_node("TopK", ["scores", "k"], ["values", "indices"], name="topk_k_from_input"),
+        helper.make_node("TopK", ["scores", "k_large"], ["values_2", "indices_2"], name="topk_k_too_large"),
+        helper.make_node("Det", ["matrix"], ["determinant"], name="determinant"),
+        helper.make_node("NonZero", ["mask"], ["nonzero"], name="nonzero_of_bool"),
+        helper.make_node("NonMaxSuppression", ["boxes", "box_scores", "max_out", "iou"], ["selected"], name="nms"),
+        helper.make_node("RoiAlign", ["features", "rois", "batch"], ["pooled"], name="roi_align_defaults"),
+    ]
+    inputs = [
+        float_input("scores", [5000]),
+        helper.make_tensor_value_info("k", TensorProto.INT64, [1]),
+        float_input("matrix", [3, 3]),
+        helper.make_tensor_value_info("mask", TensorProto.BOOL, [4]),
+        float_input("boxes", [1, 6000, 4]),
+        float_input("box_scores", [1, 1, 6000]),
+        float_input("iou", [1]),
+        float_input("features", [1, 2, 8, 8]),
+        float_input("rois", [3, 4]),
+        helper.make_tensor_value_info("batch", TensorProto.INT64, [3]),
+    ]
+    initializers = [
+        helper.make_tensor("k_large", TensorProto.INT64, [1], [4000]),
+        helper.make_tensor("max_out", TensorProto.INT64, [1], [10]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info(name, TensorProto.UNDEFINED, None)
+        for name in ("values", "values_2", "determinant", "nonzero", "selected", "pooled")
+    ]
+    graph = helper.make_graph(nodes, "bad", inputs, outputs, initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_static_trt_check_reports_every_offending_node():
+    problems = check_model(bad_graph(), load_ops_table(default_ops_table()))
+    by_node = {}
+    for problem in problems:
+        by_node.setdefault(problem.node, []).append(problem.message)
+    assert set(by_node) == {
+        "topk_k_from_input",
+        "topk_k_too_large",
+        "determinant",
+        "nonzero_of_bool",
+        "nms",
+        "roi_align_defaults",
+    }
+    assert by_node["topk_k_from_input"] == ["K ('k') must be a constant below 3840"]
+    assert by_node["topk_k_too_large"] == ["K = 4000 must be below 3840"]
+    assert by_node["determinant"] == ["operator not supported by TensorRT"]
+    assert by_node["nonzero_of_bool"] == ["X 'mask' has type BOOL, TensorRT supports ['FLOAT', 'FLOAT16']"]
+    assert by_node["nms"] == [
+        "input 'iou_threshold' ('iou') must be a constant (initializer or Constant node)",
+        "6000 boxes: TensorRT's NMS considers only the best 5000",
+    ]
+    assert len(by_node["roi_align_defaults"]) == 2
+    assert "coordinate_transformation_mode" in by_node["roi_align_defaults"][0]
+    assert "sampling_ratio" in by_node["roi_align_defaults"][1]
+    assert str(problems[0]).startswith("node 'topk_k_from_input' (TopK): ")
+
+
+def test_check_trt_lists_offending_nodes_and_fails(tmp_path, weights, capsys):
+    table = default_ops_table().read_text().replace("Conv\tY\t", "Conv\tN\t")
+    (tmp_path / "ops.tsv").write_text(table)
+    out = tmp_path / "engines"
+    status = main(
+        [
+            "--config-file",
+            TINY_BASELINE,
+            "--weights",
+            str(weights["baseline"]),
+            "--out",
+            str(out),
+            "--class-names",
+            CLASS_NAMES,
+            "--check-trt",
+            "--ops-table",
+            str(tmp_path / "ops.tsv"),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert status == 2
+    listed = [line for line in captured.out.splitlines() if "(Conv): operator not supported by TensorRT" in line]
+    assert listed and all(line.startswith(f"{out / 'frame.onnx'}: node '") for line in listed)
+    assert captured.err.splitlines() == [
+        f"error: static TensorRT check: {len(listed)} problems in {out} (listed above)"
+    ]
+
+
+# ------------------------------------------------------------------------------------------------
+# Manifest
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def export_copy(tmp_path, baseline) -> Path:
+    return Path(shutil.copytree(baseline.out, tmp_path / "engines"))
+
+
+def test_manifest_refuses_an_engine_file_that_changed(export_copy):
+    data = bytearray((export_copy / "temporal.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (export_copy / "temporal.onnx").write_bytes(bytes(data))
+    with pytest.raises(SltnetError, match=r"temporal\.onnx: SHA-256 does not match manifest\.json") as error:
+        load_manifest(export_copy)
+    assert "\n" not in str(error.value)
+
+
+def test_manifest_refuses_a_missing_engine_file(export_copy):
+    (export_copy / "frame.onnx").unlink()
+    with pytest.raises(SltnetError, match=r"frame\.onnx: missing \(listed in manifest\.json\)"):
+        load_manifest(export_copy)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, r"manifest\.json: not found"),
+        ("{not json", r"manifest\.json: not valid JSON"),
+        ('{"format": "other"}', r"manifest\.json: not an sltnet engine manifest"),
+        ('{"format": "sltnet-engines", "format_version": 99}', r"format_version 99, this sltnet reads 1"),
+    ],
+)
+def test_manifest_refuses_a_bad_manifest(export_copy, content, message):
+    if content is None:
+        (export_copy / MANIFEST_FILE).unlink()
+    else:
+        (export_copy / MANIFEST_FILE).write_text(content)
+    with pytest.raises(SltnetError, match=message):
+        load_manifest(export_copy)
+
+
+def test_manifest_refuses_an_engine_without_checksum(export_copy):
+    manifest = json.loads((export_copy / MANIFEST_FILE).read_text())
+    del manifest["files"]["frame.onnx"]
+    (export_copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(SltnetError, match=r"frame\.onnx has no checksum under 'files'"):
+        load_manifest(export_copy)
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(tensorrt_unavailable() is None, reason="TensorRT and a GPU are available here")
+def test_format_trt_without_tensorrt_fails_in_one_line_after_writing_onnx(tmp_path, weights, capsys):
+    out = tmp_path / "engines"
+    status = main(
+        [
+            "--config-file",
+            TINY_BASELINE,
+            "--weights",
+            str(weights["baseline"]),
+            "--out",
+            str(out),
+            "--class-names",
+            CLASS_NAMES,
+            "--format",
+            "trt",
+        ]
+    )
+    errors = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert len(errors) == 1 and errors[0].startswith("error: --format trt: ")
+    assert f"the ONNX engines and manifest.json are in {out}" in errors[0]
+    manifest = load_manifest(out)
+    assert sorted(manifest["files"]) == ["frame.onnx", "temporal.onnx"]
+    assert not list(out.glob("*.engine"))
+
+
+SLTNET_ARGS = ["--config-file", TINY_SLTNET, "--weights", "unused.pt", "--class-names", CLASS_NAMES]
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (
+            ["--config-file", TINY_SLTNET, "--class-names", CLASS_NAMES, "MODEL.WEIGHTS", ""],
+            "no weights to export: pass --weights",
+        ),
+        (
+            ["--config-file", TINY_BASELINE, "--weights", "unused.pt", "--mode", "symmetric"],
+            "--mode symmetric: only SLTnet configs",
+        ),
+        (
+            ["--config-file", TINY_SLTNET, "--weights", "unused.pt", "--class-names", "a,b"],
+            "--class-names: expected 4 non-empty names, got 2",
+        ),
+        (
+            ["--config-file", TINY_SLTNET, "--weights", "unused.pt", "--dataset", "nope"],
+            "class names from dataset 'nope'",
+        ),
+        ([*SLTNET_ARGS, "--input-size", "0", "128"], "--input-size 0 128: sides must be positive"),
+        (
+            [*SLTNET_ARGS, "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", "0"],
+            "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO is 0 (adaptive)",
+        ),
+        ([*SLTNET_ARGS, "--fp16"], "--fp16 and --timing-cache apply to --format trt"),
+        ([*SLTNET_ARGS, "--format", "tflite"], "invalid choice: 'tflite'"),
+        (
+            ["--config-file", TINY_SLTNET, "--weights", "missing.pt", "--class-names", CLASS_NAMES],
+            "missing.pt: checkpoint not found",
+        ),
+    ],
+)
+def test_cli_mistakes_are_one_line_errors_and_write_nothing(tmp_path, capsys, arguments, message):
+    out = tmp_path / "engines"
+    assert main(["--out", str(out), *arguments]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0]
+    assert not out.exists()
+
+
+def test_cli_refuses_an_output_path_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "engines").write_text("")
+    status = main(["--config-file", TINY_SLTNET, "--weights", "w.pt", "--out", str(tmp_path / "engines")])
+    assert status == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: --out {tmp_path / 'engines'}: exists and is not a folder"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Accuracy script
+# ------------------------------------------------------------------------------------------------
+def test_export_parity_script_prints_both_maps_and_the_same_count_share(tmp_path, monkeypatch, symmetric, capsys):
+    data = tmp_path / "data"
+    assert (
+        synth_main(
+            [
+                "--split",
+                "synth_tiny_val",
+                "--videos",
+                "2",
+                "--frames",
+                "5",
+                "--size",
+                "128",
+                "--seed",
+                "1",
+                str(data / "synthetic"),
+            ]
+        )
+        == 0
+    )
+    monkeypatch.setenv("SLTNET_DATA", str(data))
+    spec = importlib.util.spec_from_file_location("export_parity", Path("benchmarks/export_parity.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    status = script.main(
+        [
+            "--engine",
+            str(symmetric.out),
+            "--config-file",
+            symmetric.config,
+            "--dataset",
+            "synth_tiny_val",
+            "--threads",
+            "1",
+            "--json",
+            str(tmp_path / "parity.json"),
+            *symmetric.overrides,
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert "mAP@0.5 PyTorch" in printed and "mAP@0.5 onnxruntime" in printed
+    assert "frames with the same detection count  100.00 %" in printed
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert report["passed"] and report["mAP50_pytorch"] == pytest.approx(report["mAP50_onnxruntime"], abs=2e-3)
+
+
+def test_export_parity_script_refuses_a_different_threshold(tmp_path, symmetric, capsys):
+    spec = importlib.util.spec_from_file_location("export_parity", Path("benchmarks/export_parity.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    status = script.main(
+        [
+            "--engine",
+            str(symmetric.out),
+            "--config-file",
+            symmetric.config,
+            "--dataset",
+            "synth_tiny_val",
+            *symmetric.overrides,
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            "0.5",
+        ]
+    )
+    assert status == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: the engines use score threshold 0.7, the config 0.5: pass MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.7"
+    ]
