@@ -3,13 +3,16 @@
 A config file is YAML whose keys mirror the default tree (``sltnet/config/defaults.py``). A file
 may name a ``_BASE_`` file (relative to itself) whose values it overrides; bases chain. After the
 files, ``KEY VALUE`` pairs from the command line are applied. Every value is checked against the
-type of its default, and every key must exist in the defaults.
+type of its default, and every key must exist in the defaults, except that a lenient load
+(``allow_unknown``) skips keys of files that the defaults lack and names them all in one
+:class:`ConfigWarning`; unknown keys on the command line are always errors.
 """
 
 import ast
 import difflib
 import os
 import re
+import warnings
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import yaml
@@ -43,28 +46,73 @@ def get_cfg() -> CfgNode:
     return _C.clone()
 
 
-def load_config(config_file: Optional[str], overrides: Sequence[str] = ()) -> CfgNode:
+class ConfigWarning(UserWarning):
+    """A config file had keys that were skipped (lenient loading)."""
+
+
+#: ``(path, values)`` of a config file and its bases, the furthest base first.
+ConfigChain = List[Tuple[str, Dict[str, Any]]]
+
+
+def load_config(config_file: Optional[str], overrides: Sequence[str] = (), allow_unknown: bool = False) -> CfgNode:
     """Defaults, then ``config_file`` (with its ``_BASE_`` chain), then ``KEY VALUE`` overrides.
 
     Args:
         config_file: YAML file, or None (or "") for the defaults alone.
         overrides: flat ``[KEY, VALUE, KEY, VALUE, ...]`` tokens, values written as YAML
             (``true``, ``3``, ``0.5``, ``[1, 2]``; a Python tuple such as ``(600,)`` also works).
+        allow_unknown: skip keys of the files that the defaults lack and name them in one
+            :class:`ConfigWarning` instead of failing.
     Returns:
         The merged, validated and frozen config.
     Raises:
         SltnetError: one line naming the file or key and the problem.
     """
-    cfg = get_cfg()
-    if config_file:
-        for path, values in _read_base_chain(config_file, ()):
-            _merge_mapping(cfg, values, "", f"in {path}")
+    chain = read_config_chain(config_file) if config_file else []
+    return config_from_chain(chain, overrides, origin=config_file, allow_unknown=allow_unknown)
+
+
+def read_config_chain(config_file: str) -> ConfigChain:
+    """The values of ``config_file`` and of its ``_BASE_`` chain, the furthest base first."""
+    return _read_base_chain(config_file, ())
+
+
+def config_from_chain(
+    chain: ConfigChain,
+    overrides: Sequence[str] = (),
+    *,
+    origin: Optional[str] = None,
+    base: Optional[CfgNode] = None,
+    allow_unknown: bool = False,
+) -> CfgNode:
+    """Merge already-read config files over ``base`` (default: the defaults), then the overrides.
+
+    Args:
+        chain: ``(path, values)`` pairs, applied in order.
+        overrides: as for :func:`load_config`.
+        origin: the file the user named, for messages.
+        base: the values the files start from (a mutable config; it is not changed).
+        allow_unknown: as for :func:`load_config`.
+    Returns:
+        The merged, validated and frozen config.
+    """
+    cfg = get_cfg() if base is None else base.clone()
+    skipped: Optional[List[str]] = [] if allow_unknown else None
+    for path, values in chain:
+        _merge_mapping(cfg, values, "", f"in {path}", skipped)
+    if skipped:
+        warnings.warn(
+            f"{origin}: ignored {len(skipped)} config key{'s' if len(skipped) > 1 else ''} this implementation "
+            f"does not have: {', '.join(skipped)}",
+            ConfigWarning,
+            stacklevel=2,
+        )
     _apply_overrides(cfg, overrides)
     try:
         validate_config(cfg)
     except SltnetError as err:
-        origin = " + ".join(([config_file] if config_file else []) + (["command line"] if overrides else []))
-        raise SltnetError(f"{origin or 'defaults'}: {err}") from None
+        where = " + ".join(([origin] if origin else []) + (["command line"] if overrides else []))
+        raise SltnetError(f"{where or 'defaults'}: {err}") from None
     cfg.freeze()
     return cfg
 
@@ -131,18 +179,36 @@ def _read_yaml(path: str) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _merge_mapping(node: CfgNode, values: Dict[Any, Any], prefix: str, where: str) -> None:
-    """Set every key of ``values`` on ``node``; ``prefix`` is the node's dotted path."""
+def _merge_mapping(
+    node: CfgNode, values: Dict[Any, Any], prefix: str, where: str, skipped: Optional[List[str]] = None
+) -> None:
+    """Set every key of ``values`` on ``node``; ``prefix`` is the node's dotted path.
+
+    Keys ``node`` lacks are errors, or, when ``skipped`` is a list, appended to it (every leaf of an
+    unknown section) and left out.
+    """
     for key, value in values.items():
         full_key = f"{prefix}{key}"
         if not isinstance(key, str) or key not in node:
-            raise _unknown_key(str(full_key), where)
-        if isinstance(node[key], CfgNode):
+            if skipped is None:
+                raise _unknown_key(str(full_key), where)
+            skipped.extend(path for path, _ in flatten_values({key: value}, prefix))
+        elif isinstance(node[key], CfgNode):
             if not isinstance(value, dict):
                 raise SltnetError(f"{full_key} {where}: expected a section of keys, got {_describe(value)}")
-            _merge_mapping(node[key], value, f"{full_key}.", where)
+            _merge_mapping(node[key], value, f"{full_key}.", where, skipped)
         else:
             node[key] = _coerce(value, node[key], full_key, where)
+
+
+def flatten_values(values: Dict[Any, Any], prefix: str = "") -> Iterator[Tuple[str, Any]]:
+    """``(dotted key, value)`` of every leaf of a nested mapping (an empty mapping is a leaf)."""
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            yield from flatten_values(value, f"{path}.")
+        else:
+            yield path, value
 
 
 def _apply_overrides(cfg: CfgNode, tokens: Sequence[str]) -> None:

@@ -2,16 +2,24 @@
 
     sltnet-convert vid-to-stcoco ILSVRC2015/Annotations/VID/val vid_val.json --image-set ImageSets/VID/val.txt
     sltnet-convert to-vid detections.json --gt vid_val.json vid_val_results.txt
+    sltnet-convert d2-checkpoint model_final.pth sltnet_weights.pt --config-file original.yaml --config-out sltnet.yaml
 
 A subcommand is one entry of ``SUBCOMMANDS``: its name, help line, a function that adds its arguments
 to its parser and a function that runs it on the parsed arguments.
 """
 
 import argparse
-from typing import Callable, NamedTuple, Optional, Sequence
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
 from sltnet.cli import ArgumentParser, console_entry
+from sltnet.config import load_config, save_config
+from sltnet.config.loader import ConfigWarning
 from sltnet.data.vid_convert import coco_results_to_vid, convert_vid_to_stcoco
+from sltnet.errors import SltnetError
 
 
 class Subcommand(NamedTuple):
@@ -70,6 +78,92 @@ def _run_to_vid(args: argparse.Namespace) -> None:
     print(f"wrote {args.out_txt}: {count} detections")
 
 
+def _add_d2_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "checkpoint", help="detectron2 / original SLTnet checkpoint: model_final.pth, or a model-zoo .pkl"
+    )
+    parser.add_argument(
+        "out", help="weights file to write, with this project's names (what MODEL.WEIGHTS and --weights take)"
+    )
+    config = parser.add_mutually_exclusive_group()
+    config.add_argument(
+        "--config-file",
+        metavar="FILE",
+        help="the detectron2 / original SLTnet YAML the checkpoint was trained with: check every name and shape "
+        "against the model it describes",
+    )
+    config.add_argument("--sltnet-config", metavar="FILE", help="check against a config of this project instead")
+    parser.add_argument(
+        "--config-out",
+        metavar="FILE",
+        help="also write the config as this project's YAML, with MODEL.WEIGHTS set to OUT's absolute path "
+        "(needs a config)",
+    )
+    parser.add_argument(
+        "--no-strict",
+        dest="strict",
+        action="store_false",
+        help="write the tensors that map and fit and list the rest as a warning, instead of failing",
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="the checkpoint is trusted: let it unpickle any Python object (only needed if reading it fails without)",
+    )
+
+
+@contextmanager
+def _config_warnings_on_stderr() -> Iterator[None]:
+    """Print each :class:`ConfigWarning` raised in the block as one ``warning: ...`` line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigWarning)
+        yield
+    for warning in caught:
+        if issubclass(warning.category, ConfigWarning):
+            print(f"warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
+def _run_d2_checkpoint(args: argparse.Namespace) -> None:
+    # Imported here: the dataset conversions do not need the model stack.
+    from sltnet.d2_import import convert_d2_state, describe_state, load_detectron2_config, read_d2_checkpoint
+    from sltnet.engine.checkpoint import atomic_torch_save
+
+    if args.config_out and not (args.config_file or args.sltnet_config):
+        raise SltnetError("--config-out needs --config-file or --sltnet-config")
+    for option, path in (("OUT", args.out), ("--config-out", args.config_out)):
+        if path is not None and Path(path).is_dir():
+            raise SltnetError(f"{option} {path}: is a folder, expected a file name")
+    cfg = None
+    if args.sltnet_config:
+        cfg = load_config(args.sltnet_config)
+    elif args.config_file:
+        with _config_warnings_on_stderr():
+            cfg = load_detectron2_config(args.config_file)
+    conversion = convert_d2_state(read_d2_checkpoint(args.checkpoint, args.allow_pickle), cfg)
+    for note in conversion.notes:
+        print(f"note: {note}")
+    if conversion.problems:
+        listed = "; ".join(conversion.problems)
+        count = f"{len(conversion.problems)} problem{'s' if len(conversion.problems) > 1 else ''}"
+        if args.strict:
+            raise SltnetError(f"{args.checkpoint}: {count} (nothing written; --no-strict writes the rest): {listed}")
+        print(f"warning: {args.checkpoint}: {count}, left out: {listed}", file=sys.stderr)
+    payload = {"model": conversion.state}
+    if cfg is not None:
+        cfg = cfg.clone()
+        cfg.defrost()
+        # Absolute, so the config works from any folder.
+        cfg.MODEL.WEIGHTS = str(Path(args.out).resolve())
+        payload["config"] = cfg.dump()
+    atomic_torch_save(payload, Path(args.out))
+    print(f"wrote {args.out}: {len(conversion.state)} tensors ({describe_state(conversion.state)})")
+    if args.config_out:
+        save_config(cfg, args.config_out)
+        print(f"wrote {args.config_out}")
+
+
 SUBCOMMANDS = (
     Subcommand(
         "vid-to-stcoco",
@@ -82,6 +176,12 @@ SUBCOMMANDS = (
         "COCO detection results -> ImageNet VID devkit result lines",
         _add_to_vid_arguments,
         _run_to_vid,
+    ),
+    Subcommand(
+        "d2-checkpoint",
+        "detectron2 / original SLTnet checkpoint -> weights with this project's names",
+        _add_d2_checkpoint_arguments,
+        _run_d2_checkpoint,
     ),
 )
 
