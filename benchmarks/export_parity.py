@@ -5,7 +5,7 @@
 
 Streams every video of the split in frame order through the PyTorch ``StreamingDetector`` and
 through onnxruntime (CPU) running the export's frame and temporal engines with the runtime's
-bookkeeping (``export.reference_runtime.EngineStreamer``), and prints VID mAP@0.5 of both, their
+bookkeeping (``runtime.detector.StreamingRuntime``), and prints VID mAP@0.5 of both, their
 difference, the share of frames with the same number of detections, and the largest box and score
 differences on frames whose counts agree. The export's acceptance: |mAP difference| <= 0.2 points
 and the same count on >= 99 % of frames; the exit status is 1 when either fails.
@@ -25,7 +25,8 @@ import torch
 from tqdm import tqdm
 
 from export.manifest import load_manifest
-from export.reference_runtime import EngineStreamer, onnxruntime_engines
+from runtime.detector import StreamingRuntime
+from runtime.engines import onnxruntime_backend
 from sltnet.atomic_io import atomic_write_text
 from sltnet.cli import ArgumentParser, console_entry
 from sltnet.config import load_config
@@ -43,7 +44,7 @@ MIN_SAME_COUNT_SHARE = 0.99
 
 
 def stream_dataset(
-    detector: Union[StreamingDetector, EngineStreamer], dataset: StCocoDataset, description: str
+    detector: Union[StreamingDetector, StreamingRuntime], dataset: StCocoDataset, description: str
 ) -> Dict[int, FrameResult]:
     """Every frame's result, by COCO image id (videos in order, each from a cleared state)."""
     results: Dict[int, FrameResult] = {}
@@ -119,8 +120,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dataset = load_dataset(args.dataset, DatasetCatalog())
 
     reference = stream_dataset(StreamingDetector.from_config(build_model(cfg), cfg), dataset, "pytorch")
-    engines = onnxruntime_engines(args.engine, manifest, args.threads)
-    exported = stream_dataset(EngineStreamer(manifest, *engines), dataset, "onnxruntime")
+    backend = onnxruntime_backend(args.engine, manifest, num_threads=args.threads)
+    exported = stream_dataset(StreamingRuntime(manifest, backend), dataset, "onnxruntime")
 
     report = {
         "dataset": args.dataset,

@@ -22,10 +22,11 @@ from torchvision.models.detection._utils import BoxCoder
 from export.cli import main
 from export.manifest import MANIFEST_FILE, load_manifest
 from export.onnx_export import build_engine_modules
-from export.reference_runtime import EngineStreamer, module_engines, onnxruntime_engines
 from export.static_ops import link_tubelets_fixed, masked_nms, pool_fixed, postprocess_fixed
 from export.tensorrt_build import tensorrt_unavailable
 from export.trt_check import check_model, default_ops_table, load_ops_table
+from runtime.detector import StreamingRuntime
+from runtime.engines import module_backend, onnxruntime_backend
 from sltnet.config import load_config
 from sltnet.errors import SltnetError
 from sltnet.modeling.box_head import postprocess_detections
@@ -291,7 +292,7 @@ def test_manifest_describes_the_export(sequential, symmetric, baseline):
 def test_frame_engine_matches_pytorch(sequential):
     detector = reference_detector(sequential)
     manifest = load_manifest(sequential.out)
-    frame_engine, _ = onnxruntime_engines(sequential.out, manifest, num_threads=1)
+    frame_engine = onnxruntime_backend(sequential.out, manifest, num_threads=1).frame
     image = video(sequential.frame_size, num_frames=1)[0]
     with torch.no_grad():
         expected = detector.model.frame_outputs(detector.preprocessor.pad(detector.preprocessor(image))[None])
@@ -311,11 +312,11 @@ def test_streaming_over_the_engines_matches_pytorch(exported, backend):
     expected = stream(StreamingDetector.from_config(model, cfg), frames)
     manifest = load_manifest(exported.out)
     if backend == "onnxruntime":
-        engines = onnxruntime_engines(exported.out, manifest, num_threads=1)
+        backend = onnxruntime_backend(exported.out, manifest, num_threads=1)
     else:
         modules = build_engine_modules(model, cfg, exported.frame_size)
-        engines = module_engines(modules.frame, modules.temporal)
-    actual = stream(EngineStreamer(manifest, *engines), frames)
+        backend = module_backend(modules.frame, modules.temporal, manifest)
+    actual = stream(StreamingRuntime(manifest, backend), frames)
     assert sum(len(r.scores) for r, _ in expected) > 0
     assert len({len(r.scores) for r, _ in expected}) > 1  # counts vary: the threshold matters
     assert_same_results(expected, actual)
@@ -325,7 +326,7 @@ def test_long_term_memory_changes_the_detections(sequential):
     """The parity above covers the memory: without keyframe entries the engine answers differently."""
     frames = video(sequential.frame_size)
     manifest = load_manifest(sequential.out)
-    streamer = EngineStreamer(manifest, *onnxruntime_engines(sequential.out, manifest, num_threads=1))
+    streamer = StreamingRuntime(manifest, onnxruntime_backend(sequential.out, manifest, num_threads=1))
     with_memory = stream(streamer, frames)
     interval = manifest["memory"]["keyframe_interval"]
     without_memory = []

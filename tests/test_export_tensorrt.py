@@ -7,8 +7,9 @@ from test_export import CLASS_NAMES, SCORE_THRESH, TINY_SLTNET, make_weights, st
 
 from export.cli import main
 from export.manifest import load_manifest
-from export.reference_runtime import EngineStreamer, onnxruntime_engines
-from export.tensorrt_build import TensorRTEngine, tensorrt_unavailable
+from export.tensorrt_build import tensorrt_unavailable
+from runtime.detector import StreamingRuntime
+from runtime.engines import onnxruntime_backend, tensorrt_backend
 
 pytest.importorskip("tensorrt")
 pytestmark = pytest.mark.skipif(tensorrt_unavailable() is not None, reason=f"{tensorrt_unavailable()}")
@@ -39,10 +40,6 @@ def export_trt(out, weights_file, *extra):
     return load_manifest(out)
 
 
-def tensorrt_engines(out, manifest):
-    return tuple(TensorRTEngine(out / manifest["engines"][name]["tensorrt"]) for name in ("frame", "temporal"))
-
-
 def test_format_trt_writes_engines_with_checksums_and_a_timing_cache(tmp_path, weights):
     out = tmp_path / "engines"
     manifest = export_trt(out, weights["sltnet"], "--workspace-mib", "1024")
@@ -57,8 +54,8 @@ def test_tensorrt_engines_answer_like_onnxruntime(tmp_path, weights):
     out = tmp_path / "engines"
     manifest = export_trt(out, weights["sltnet"])
     frames = video((128, 128))
-    expected = stream(EngineStreamer(manifest, *onnxruntime_engines(out, manifest)), frames)
-    actual = stream(EngineStreamer(manifest, *tensorrt_engines(out, manifest)), frames)
+    expected = stream(StreamingRuntime(manifest, onnxruntime_backend(out, manifest)), frames)
+    actual = stream(StreamingRuntime(manifest, tensorrt_backend(out, manifest)), frames)
     assert [r.frame_index for r, _ in actual] == [r.frame_index for r, _ in expected]
     for (reference, _), (result, _) in zip(expected, actual):
         assert len(result.scores) == len(reference.scores)
@@ -72,5 +69,5 @@ def test_fp16_engines_run(tmp_path, weights):
     out = tmp_path / "engines"
     manifest = export_trt(out, weights["sltnet"], "--fp16")
     assert manifest["tensorrt"]["precision"] == "fp16"
-    results = stream(EngineStreamer(manifest, *tensorrt_engines(out, manifest)), video((128, 128)))
+    results = stream(StreamingRuntime(manifest, tensorrt_backend(out, manifest)), video((128, 128)))
     assert len(results) == 8 and all(torch.isfinite(r.scores).all() for r, _ in results)

@@ -1,0 +1,259 @@
+"""Streaming detection over the two engines with state in preallocated rings (DESIGN A.2, B.3).
+
+:class:`StreamingRuntime` answers exactly like :class:`~sltnet.modeling.streaming.StreamingDetector`.
+Its state is allocated once, on the backend's device, when it is created:
+
+- a ring of window slots, one per window position (N sequential, 2N + 1 symmetric); frame f's
+  frame-engine outputs are written by the engine straight into slot f mod size;
+- the temporal engine's window inputs ``frame{i}_<output>`` are bound to the slots of the frames
+  ``window_indices(...)``: rotating the window re-binds addresses and never copies features, and
+  start/end padding binds the first/last frame's slot several times;
+- a :class:`MemoryRing` of K slots of P rows with a validity mask, bound whole as the ``memory_*``
+  inputs; the temporal engine writes its ``entry_*`` outputs into one entry buffer, which a keyframe
+  then copies into the next slot on the device. (An output cannot be bound into the memory buffer
+  the same call reads: engines do not allow aliased inputs and outputs.)
+- one image buffer and the detection buffers; on CUDA also pinned host buffers, so only the image
+  goes to the device and only the detections come back.
+
+Sequential mode answers frame t at once; symmetric mode answers frame t once frame t + N is pushed
+and :meth:`StreamingRuntime.flush` answers the rest at the end of a video. A new video
+(:meth:`StreamingRuntime.reset`, or the end of ``flush``) clears the window and the memory.
+"""
+
+from collections import deque
+from contextlib import nullcontext
+from typing import Deque, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from runtime.engines import Backend, TensorSpec, manifest_specs
+from sltnet.data.sampling import window_indices
+from sltnet.data.transforms import scale_boxes
+from sltnet.errors import SltnetError
+from sltnet.modeling.streaming import FrameResult
+
+MEMORY_INPUTS = ("memory_features", "memory_boxes", "memory_valid")
+ENTRY_OUTPUTS = ("entry_features", "entry_boxes", "entry_valid")
+DETECTION_OUTPUTS = ("det_boxes", "det_scores", "det_classes", "det_count")
+
+
+def _empty(spec: TensorSpec, device: torch.device) -> Tensor:
+    """One ring buffer (zeros, so an unwritten slot never holds NaNs)."""
+    return torch.zeros(spec.shape, dtype=spec.dtype, device=device)
+
+
+class MemoryRing:
+    """The long-term memory as the temporal engine binds it: K slots of P rows, round-robin.
+
+    Attributes:
+        buffers: ``memory_features`` [K·P, d], ``memory_boxes`` [K·P, 4], ``memory_valid`` [K·P] bool.
+        entry: the temporal engine's ``entry_*`` outputs [P, ...] (one slot's worth).
+    """
+
+    def __init__(
+        self, specs: Dict[str, TensorSpec], num_keyframes: int, keyframe_interval: int, device: torch.device
+    ) -> None:
+        self.num_keyframes = num_keyframes
+        self.keyframe_interval = keyframe_interval
+        self.buffers = {name: _empty(specs[name], device) for name in MEMORY_INPUTS}
+        self.entry = {name: _empty(specs[name], device) for name in ENTRY_OUTPUTS}
+        self.rows_per_entry = specs[ENTRY_OUTPUTS[0]].shape[0]
+        self.num_writes = 0
+
+    def __len__(self) -> int:
+        """Number of entries held."""
+        return min(self.num_writes, self.num_keyframes)
+
+    def reset(self) -> None:
+        """Forget every entry (a new video starts)."""
+        self.buffers["memory_valid"].zero_()
+        self.num_writes = 0
+
+    def update(self, frame_index: int) -> bool:
+        """Copy the entry into the next slot if the reference frame ``frame_index`` is a keyframe."""
+        if frame_index % self.keyframe_interval:
+            return False
+        start = (self.num_writes % self.num_keyframes) * self.rows_per_entry
+        for memory_name, entry_name in zip(MEMORY_INPUTS, ENTRY_OUTPUTS):
+            slot = self.buffers[memory_name][start : start + self.rows_per_entry]
+            slot.copy_(self.entry[entry_name], non_blocking=True)
+        self.num_writes += 1
+        return True
+
+
+class StreamingRuntime:
+    """Push the frames of one video at a time; get each frame's result once its window is complete.
+
+    Args:
+        manifest: the export's manifest (``export.manifest.load_manifest``).
+        backend: the engines (:func:`runtime.engines.open_backend`).
+        score_thresh: keep detections scoring at least this (default: the export's threshold, which
+            the temporal engine applies; a lower one cannot be recovered).
+    Raises:
+        SltnetError: the manifest's tensors do not fit together, or ``score_thresh`` is below the export's.
+    """
+
+    def __init__(self, manifest: Dict, backend: Backend, score_thresh: Optional[float] = None) -> None:
+        self.backend = backend
+        window, memory = manifest["window"], manifest["memory"]
+        self.window_size = window["size"]
+        self.num_frames = window["num_frames"]
+        self.symmetric = manifest["mode"] == "symmetric"
+        self.latency = window["latency_frames"]
+        self.reference_position = window["reference_position"]
+        self.slot_input: str = window["slot_input"]
+        self.input_size: Tuple[int, int] = tuple(manifest["input"]["shape"][2:])
+        self.resized_size: Tuple[int, int] = tuple(manifest["input"]["resized_size"])
+        baked_thresh = manifest["detections"]["score_thresh"]
+        if score_thresh is not None and score_thresh < baked_thresh:
+            raise SltnetError(
+                f"--score-thresh {score_thresh}: below the threshold {baked_thresh} built into the engines "
+                "(export again with MODEL.ROI_HEADS.SCORE_THRESH_TEST lower)"
+            )
+        self.score_thresh = score_thresh
+
+        frame_outputs = manifest_specs(manifest["engines"]["frame"]["outputs"])
+        temporal_inputs = manifest_specs(manifest["engines"]["temporal"]["inputs"])
+        temporal_outputs = manifest_specs(manifest["engines"]["temporal"]["outputs"])
+        _check_specs(frame_outputs, temporal_inputs, self.slot_input, self.window_size)
+        device = backend.device
+        self.image = _empty(
+            manifest_specs([manifest["engines"]["frame"]["inputs"][0]])[manifest["input"]["tensor"]], device
+        )
+        self.image_name = manifest["input"]["tensor"]
+        self.slots: List[Dict[str, Tensor]] = [
+            {name: _empty(spec, device) for name, spec in frame_outputs.items()} for _ in range(self.window_size)
+        ]
+        self.detections = {name: _empty(temporal_outputs[name], device) for name in DETECTION_OUTPUTS}
+        self.memory: Optional[MemoryRing] = None
+        if memory["long_term"]:
+            self.memory = MemoryRing(
+                {**temporal_inputs, **temporal_outputs}, memory["num_keyframes"], memory["keyframe_interval"], device
+            )
+        on_cuda = device.type == "cuda"
+        # Pinned host mirrors: the image goes up and the detections come down asynchronously.
+        self._host_image = torch.empty_like(self.image, device="cpu").pin_memory() if on_cuda else None
+        self._host_detections = (
+            {name: torch.empty_like(t, device="cpu").pin_memory() for name, t in self.detections.items()}
+            if on_cuda
+            else self.detections
+        )
+        self._upload_done = torch.cuda.Event() if on_cuda else None
+        self._bind_fixed()
+        self.reset()
+
+    def _bind_fixed(self) -> None:
+        """Bind the buffers that never move: image, detections, memory and entry."""
+        frame, temporal = self.backend.frame, self.backend.temporal
+        frame.bind(self.image_name, self.image)
+        fixed = dict(self.detections)
+        if self.memory is not None:
+            fixed.update(self.memory.buffers)
+            fixed.update(self.memory.entry)
+        for name, tensor in fixed.items():
+            temporal.bind(name, tensor)
+
+    def buffers(self) -> Dict[str, Tensor]:
+        """Every buffer the runtime binds, by a unique name (for checks that nothing is reallocated)."""
+        named = {"image": self.image, **{f"det/{n}": t for n, t in self.detections.items()}}
+        for index, slot in enumerate(self.slots):
+            named.update({f"slot{index}/{n}": t for n, t in slot.items()})
+        if self.memory is not None:
+            named.update({f"memory/{n}": t for n, t in {**self.memory.buffers, **self.memory.entry}.items()})
+        return named
+
+    def reset(self) -> None:
+        """Start a new video: forget the window and the long-term memory."""
+        self._pending: Deque[int] = deque()  # frames pushed but not yet answered
+        self._num_frames = 0
+        if self.memory is not None:
+            self.memory.reset()
+
+    def _stream(self):
+        return torch.cuda.stream(self.backend.stream) if self.backend.stream is not None else nullcontext()
+
+    def push(self, image: Tensor) -> List[FrameResult]:
+        """Add the next frame of the current video.
+
+        Args:
+            image: uint8 [3, H, W] RGB (CPU) at the export's input size.
+        Returns:
+            results of the frames that became complete, in frame order (possibly none).
+        Raises:
+            SltnetError: the frame is not the size the engines take.
+        """
+        if tuple(image.shape) != (3, *self.input_size) or image.dtype != torch.uint8:
+            height, width = self.input_size
+            raise SltnetError(
+                f"frame of {image.dtype} {tuple(image.shape)}: the engines take uint8 [3, {height}, {width}] RGB "
+                "(export with --input-size H W for other frame sizes)"
+            )
+        frame_index = self._num_frames
+        self._num_frames += 1
+        slot = self.slots[frame_index % self.window_size]
+        with self._stream():
+            self._upload(image)
+            for name, tensor in slot.items():
+                self.backend.frame.bind(name, tensor)
+            self.backend.frame.run()
+            self._pending.append(frame_index)
+            results = []
+            while self._pending and self._pending[0] + self.latency <= frame_index:
+                results.append(self._detect(self._pending.popleft()))
+        return results
+
+    def flush(self) -> List[FrameResult]:
+        """End of the video: answer every pending frame (the last frame fills the future), then reset."""
+        with self._stream():
+            results = [self._detect(index) for index in self._pending]
+        self.reset()
+        return results
+
+    def _upload(self, image: Tensor) -> None:
+        if self._host_image is None:
+            self.image.copy_(image[None])
+            return
+        self._upload_done.synchronize()  # the previous frame's copy has left the pinned buffer
+        self._host_image.copy_(image[None])
+        self.image.copy_(self._host_image, non_blocking=True)
+        self._upload_done.record()
+
+    def _detect(self, reference: int) -> FrameResult:
+        temporal = self.backend.temporal
+        indices = window_indices(reference, self._num_frames, self.num_frames, self.symmetric)
+        for position, index in enumerate(indices):
+            for name, tensor in self.slots[index % self.window_size].items():
+                temporal.bind(self.slot_input.format(slot=position, output=name), tensor)
+        temporal.run()
+        if self.memory is not None:
+            self.memory.update(reference)
+        return self._result(reference)
+
+    def _result(self, reference: int) -> FrameResult:
+        host = self._host_detections
+        if host is not self.detections:
+            for name, tensor in self.detections.items():
+                host[name].copy_(tensor, non_blocking=True)
+            torch.cuda.current_stream().synchronize()
+        count = int(host["det_count"][0])
+        boxes = scale_boxes(host["det_boxes"][:count].float(), self.resized_size, self.input_size)
+        scores, classes = host["det_scores"][:count].float(), host["det_classes"][:count].clone()
+        if self.score_thresh is not None:
+            keep = scores >= self.score_thresh
+            boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+        return FrameResult(reference, boxes, scores.clone(), classes)
+
+
+def _check_specs(
+    frame_outputs: Dict[str, TensorSpec], temporal_inputs: Dict[str, TensorSpec], slot_input: str, window_size: int
+) -> None:
+    """Every window input of the temporal engine takes one frame-engine output as it is."""
+    for position in range(window_size):
+        for name, spec in frame_outputs.items():
+            bound = temporal_inputs.get(slot_input.format(slot=position, output=name))
+            if bound != spec:
+                raise SltnetError(
+                    f"manifest.json: temporal input {slot_input.format(slot=position, output=name)!r} does not take "
+                    f"the frame engine's {name!r} {list(spec.shape)} (export again)"
+                )

@@ -1,0 +1,213 @@
+"""Video in and out on their own threads around inference: PyAV decode (anything FFmpeg reads, or a
+folder of image files) and PyAV encode to an mp4 that appears under its name only once complete."""
+
+import os
+import queue
+import tempfile
+import threading
+from pathlib import Path
+from typing import Iterator, List, NamedTuple, Optional
+
+import av
+import numpy as np
+import torch
+
+from sltnet.data.transforms import read_image
+from sltnet.errors import SltnetError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+_END = object()  # end of a queue
+
+
+class DecodedFrame(NamedTuple):
+    """One decoded frame: index in the video, uint8 [3, H, W] RGB, presentation time in seconds."""
+
+    index: int
+    image: torch.Tensor
+    timestamp: float
+
+
+class VideoSource:
+    """Frames of a video file or a folder of images (sorted by name), decoded on a background thread.
+
+    Opening checks the input; iterating yields :class:`DecodedFrame` in order and raises
+    :class:`SltnetError` if decoding fails part-way (a truncated or corrupt stream).
+
+    Args:
+        path: the video file or image folder.
+        max_frames: stop after this many frames.
+        folder_fps: frame rate of a folder of images (timestamps and output video).
+    Raises:
+        SltnetError: missing input, not a video, no video stream, an empty folder.
+    """
+
+    def __init__(
+        self, path: str, max_frames: Optional[int] = None, folder_fps: float = 25.0, queue_size: int = 8
+    ) -> None:
+        self.path = path
+        self.max_frames = max_frames
+        self._queue: "queue.Queue" = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._container = None
+        self._files: List[Path] = []
+        if os.path.isdir(path):
+            self._files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not self._files:
+                raise SltnetError(f"{path}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            first = read_image(str(self._files[0]))
+            self.height, self.width = int(first.shape[1]), int(first.shape[2])
+            self.fps = folder_fps
+            self.num_frames: Optional[int] = len(self._files)
+        elif not os.path.isfile(path):
+            raise SltnetError(f"{path}: not found")
+        else:
+            try:
+                self._container = av.open(path)
+            except av.FFmpegError as err:
+                raise SltnetError(f"{path}: not a video FFmpeg can read ({err.strerror or err})") from None
+            if not self._container.streams.video:
+                self._container.close()
+                raise SltnetError(f"{path}: has no video stream, no frames")
+            stream = self._container.streams.video[0]
+            stream.thread_type = "AUTO"
+            self.height, self.width = stream.codec_context.height, stream.codec_context.width
+            self.fps = float(stream.average_rate or stream.guessed_rate or folder_fps)
+            self.num_frames = stream.frames or None
+        if max_frames is not None and self.num_frames is not None:
+            self.num_frames = min(self.num_frames, max_frames)
+        self._thread = threading.Thread(target=self._decode, name="sltnet-decode", daemon=True)
+        self._thread.start()
+
+    def _frames(self) -> Iterator[DecodedFrame]:
+        if self._container is None:
+            for index, file in enumerate(self._files):
+                image = read_image(str(file))
+                if tuple(image.shape[1:]) != (self.height, self.width):
+                    raise SltnetError(
+                        f"{file}: {image.shape[2]}x{image.shape[1]}, the folder's first image is {self.width}x{self.height}"
+                    )
+                yield DecodedFrame(index, image, index / self.fps)
+            return
+        stream = self._container.streams.video[0]
+        index = 0
+        try:
+            for frame in self._container.decode(stream):
+                image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous()
+                timestamp = float(frame.time) if frame.time is not None else index / self.fps
+                yield DecodedFrame(index, image, timestamp)
+                index += 1
+        except av.FFmpegError as err:
+            raise SltnetError(
+                f"{self.path}: corrupt video stream after {index} frames ({err.strerror or err})"
+            ) from None
+        if stream.frames and index < stream.frames:
+            raise SltnetError(
+                f"{self.path}: the stream ends after {index} of its {stream.frames} frames (truncated or corrupt)"
+            )
+
+    def _decode(self) -> None:
+        try:
+            for frame in self._frames():
+                if self._stop.is_set() or (self.max_frames is not None and frame.index >= self.max_frames):
+                    break
+                self._queue.put(frame)
+        except SltnetError as err:
+            self._queue.put(err)
+        finally:
+            self._queue.put(_END)
+
+    def __iter__(self) -> Iterator[DecodedFrame]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, SltnetError):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop decoding and release the file."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        if self._container is not None:
+            self._container.close()
+
+
+def _codec() -> str:
+    """H.264 where FFmpeg has an encoder for it (playable everywhere), MPEG-4 part 2 otherwise."""
+    try:
+        av.codec.Codec("libx264", "w")
+        return "libx264"
+    except (av.FFmpegError, ValueError):
+        return "mpeg4"
+
+
+class VideoWriter:
+    """Encode RGB frames to ``path`` (mp4) on a background thread.
+
+    The frames go to a temporary file in the same folder, renamed to ``path`` by :meth:`close`;
+    :meth:`abort` (or an encoder error) deletes it, so no truncated video is ever left.
+
+    Raises:
+        SltnetError: the folder cannot be written.
+    """
+
+    def __init__(self, path: str, width: int, height: int, fps: float, queue_size: int = 8) -> None:
+        self.path = Path(path)
+        try:
+            handle, self._temp = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent or "."
+            )
+        except OSError as err:
+            raise SltnetError(f"{path}: cannot write ({err.strerror})") from None
+        os.close(handle)
+        self._container = av.open(self._temp, "w", format="mp4")
+        stream = self._container.add_stream(_codec(), rate=round(fps) or 25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        self._stream = stream
+        self._queue: "queue.Queue" = queue.Queue(maxsize=queue_size)
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._encode, name="sltnet-encode", daemon=True)
+        self._thread.start()
+
+    def _encode(self) -> None:
+        try:
+            while True:
+                image = self._queue.get()
+                if image is _END:
+                    break
+                self._container.mux(self._stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            self._container.mux(self._stream.encode())
+        except (av.FFmpegError, OSError) as err:
+            self._error = err
+            while self._queue.get() is not _END:  # let the producer finish
+                pass
+        finally:
+            self._container.close()
+
+    def write(self, image: np.ndarray) -> None:
+        """Queue one uint8 [H, W, 3] RGB frame."""
+        self._queue.put(image)
+
+    def close(self) -> None:
+        """Finish the file and give it its name.
+
+        Raises:
+            SltnetError: the encoder failed (the temporary file is removed).
+        """
+        self._queue.put(_END)
+        self._thread.join()
+        if self._error is not None:
+            Path(self._temp).unlink(missing_ok=True)
+            raise SltnetError(f"{self.path}: cannot write the video ({self._error})")
+        os.replace(self._temp, self.path)
+
+    def abort(self) -> None:
+        """Stop and delete the temporary file."""
+        self._queue.put(_END)
+        self._thread.join()
+        Path(self._temp).unlink(missing_ok=True)
