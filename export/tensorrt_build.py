@@ -10,17 +10,15 @@ have none), FP16 through the builder flag (deprecated since TensorRT 10.12 and g
 ``tensorrt`` is imported only when needed: without it, or without a CUDA GPU,
 :func:`tensorrt_unavailable` says why in one line.
 
-:class:`TensorRTEngine` runs a built engine with the named-tensor API (``set_tensor_address`` +
-``execute_async_v3`` on a dedicated CUDA stream, buffers from torch) for checks; the runtime has its
-own zero-copy backend.
+Built engines are run by :mod:`runtime.engines` (named tensors, ``set_tensor_address`` +
+``execute_async_v3`` on a dedicated CUDA stream, buffers from torch CUDA tensors).
 """
 
 import importlib
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
-from torch import Tensor
 
 from sltnet.atomic_io import atomic_output
 from sltnet.errors import SltnetError
@@ -117,60 +115,3 @@ def build_engine(
     with atomic_output(timing_cache, "wb") as stream:
         stream.write(config.get_timing_cache().serialize())
 
-
-class TensorRTEngine:
-    """A built engine run by tensor name on a dedicated CUDA stream, called with named CPU tensors.
-
-    Args:
-        path: the serialized engine.
-    Raises:
-        SltnetError: TensorRT unavailable, or a plan this TensorRT cannot deserialize.
-    """
-
-    def __init__(self, path: Path) -> None:
-        reason = tensorrt_unavailable()
-        if reason is not None:
-            raise SltnetError(f"{path}: cannot run a TensorRT engine here: {reason}")
-        import tensorrt as trt
-
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        self.engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
-        if self.engine is None:
-            raise SltnetError(f"{path}: TensorRT cannot deserialize this engine (built by another TensorRT or GPU?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self._dtypes = {
-            trt.float32: torch.float32,
-            trt.float16: torch.float16,
-            trt.int32: torch.int32,
-            trt.int64: torch.int64,
-            trt.int8: torch.int8,
-            trt.uint8: torch.uint8,
-            trt.bool: torch.bool,
-        }
-        self.stream = torch.cuda.Stream()
-
-    def _output_buffers(self) -> List[Tensor]:
-        return [
-            torch.empty(
-                tuple(self.engine.get_tensor_shape(name)),
-                dtype=self._dtypes[self.engine.get_tensor_dtype(name)],
-                device="cuda",
-            )
-            for name in self.output_names
-        ]
-
-    def __call__(self, feeds: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        inputs = [feeds[name].to("cuda").contiguous() for name in self.input_names]
-        outputs = self._output_buffers()
-        for name, tensor in zip(self.input_names + self.output_names, inputs + outputs):
-            if not self.context.set_tensor_address(name, tensor.data_ptr()):
-                raise RuntimeError(f"TensorRT refused the address of tensor {name!r}")
-        self.stream.wait_stream(torch.cuda.current_stream())  # the input copies
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed")
-        self.stream.synchronize()
-        return {name: tensor.cpu() for name, tensor in zip(self.output_names, outputs)}
