@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """Set up the project's own virtual environment and run the demo or the tests.
 
-    python3 dev.py demo   # set up, then run the demo on the embedded default
+    python3 dev.py demo   # set up, then the whole pipeline on the synthetic "small" setup
     python3 dev.py test   # set up, then run the test suite (extra arguments go to pytest)
+
+The demo: build the synthetic splits, train the small SLTnet (both stages) unless its weights
+are already in output/, export it to ONNX, generate a synthetic clip and run sltnet-run on it with
+onnxruntime, writing an annotated mp4 and the detections as JSON.
 
 Only the Python standard library is used here: this runs on a machine that has nothing but python3.
 """
@@ -22,9 +26,16 @@ PYTHON = BIN / "python"
 # is not reinstalled on every call.
 STAMP = VENV / ".sltnet-installed"
 
-DEMO_DATA = ROOT / "datasets" / "synthetic"
-DEMO_SPLIT = "synth_small_val"
-
+DATA_ROOT = ROOT / "datasets"
+SYNTHETIC = DATA_ROOT / "synthetic"
+CONFIGS = ROOT / "configs" / "synthetic"
+STAGE_1 = "small_baseline"
+STAGE_2 = "small_sltnet_sequential"
+ENGINE_DIR = ROOT / "output" / "engines" / STAGE_2
+DEMO_OUT = ROOT / "output" / "demo"
+# (split, videos, seed) of the synthetic data the small configs name; the clip is a separate video.
+SPLITS = [("synth_small_train", 100, 0), ("synth_small_val", 20, 1)]
+CLIP = ("demo_clip", 1, 7)
 
 def run(*command: object, env: dict = None) -> None:
     printable = " ".join(str(part) for part in command)
@@ -46,13 +57,36 @@ def setup() -> None:
     STAMP.write_text(wanted + "\n")
 
 
-def demo() -> None:
-    """Build the synthetic validation split and validate it with the dataset loader."""
-    env = dict(os.environ, SLTNET_DATA=str(ROOT / "datasets"))
-    run(BIN / "sltnet-synth", DEMO_DATA, "--split", DEMO_SPLIT, "--videos", 20, "--frames", 30,
-        "--size", 256, "--seed", 1, env=env)
-    run(BIN / "sltnet-data", "validate", DEMO_SPLIT, env=env)
+def weights(config: str) -> Path:
+    return ROOT / "output" / "synthetic" / config / "model_final.pt"
 
+
+def demo() -> None:
+    """Synthetic data -> trained small SLTnet -> ONNX engines -> sltnet-run on a clip."""
+    env = dict(os.environ, SLTNET_DATA=str(DATA_ROOT))
+    for split, videos, seed in SPLITS:
+        if not (SYNTHETIC / "annotations" / f"{split}.json").exists():
+            run(BIN / "sltnet-synth", SYNTHETIC, "--split", split, "--videos", videos, "--frames", 30,
+                "--size", 256, "--seed", seed, env=env)
+    run(BIN / "sltnet-data", "validate", "synth_small_val", env=env)
+    for config in (STAGE_1, STAGE_2):
+        if not weights(config).exists():
+            # Resume a run that was interrupted; evaluation is left to sltnet-eval.
+            resume = ["--resume"] if (weights(config).parent / "last_checkpoint").exists() else []
+            run(BIN / "sltnet-train", "--config-file", CONFIGS / f"{config}.yaml", "--no-eval", *resume, env=env)
+    if not (ENGINE_DIR / "manifest.json").exists():
+        run(BIN / "sltnet-export", "--config-file", CONFIGS / f"{STAGE_2}.yaml", "--weights", weights(STAGE_2),
+            "--format", "onnx", "--out", ENGINE_DIR, "--dataset", "synth_small_val", "--check-trt", env=env)
+    split, videos, seed = CLIP
+    run(BIN / "sltnet-synth", DEMO_OUT / "data", "--split", split, "--videos", videos, "--frames", 60,
+        "--size", 256, "--seed", seed, "--mp4", env=env)
+    clip = DEMO_OUT / "data" / f"{split}_mp4" / "video_00000.mp4"
+    ground_truth = DEMO_OUT / "data" / "annotations" / f"{split}.json"
+    detections = DEMO_OUT / "demo_detections.json"
+    run(BIN / "sltnet-run", clip, "--engine", ENGINE_DIR, "--backend", "onnxruntime",
+        "--out", DEMO_OUT / "demo_annotated.mp4", "--json", detections, "--gt-json", ground_truth, env=env)
+    run(BIN / "sltnet-eval", "--gt", ground_truth, "--detections", detections, env=env)
+    print(f"\ndemo outputs: {DEMO_OUT / 'demo_annotated.mp4'} (annotated video), {detections} (detections)")
 
 def test(pytest_args: list) -> None:
     run(PYTHON, "-m", "pytest", "-q", *pytest_args)
