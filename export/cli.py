@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check both graphs against the TensorRT operator table; list the offending nodes",
     )
     parser.add_argument(
-        "--ops-table", metavar="TSV", help="TensorRT operator table (default: shared/tensorrt_onnx_ops.tsv)"
+        "--ops-table", metavar="TSV", help="TensorRT operator table (default: export/tensorrt_onnx_ops.tsv, shipped with the package)"
     )
     classes = parser.add_mutually_exclusive_group()
     classes.add_argument(

@@ -68,15 +68,9 @@ class Problem(NamedTuple):
 
 
 def default_ops_table() -> Path:
-    """``shared/tensorrt_onnx_ops.tsv`` inside the checkout, or beside it (``../shared``)."""
-    root = Path(__file__).resolve().parent.parent
-    candidates = [root / "shared" / OPS_TABLE_NAME, root.parent / "shared" / OPS_TABLE_NAME]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise SltnetError(
-        f"{OPS_TABLE_NAME}: not found in {' or '.join(str(p.parent) for p in candidates)}; pass --ops-table"
-    )
+    """The operator table shipped with the package (a copy of the project's
+    ``shared/tensorrt_onnx_ops.tsv``: TensorRT 10's ONNX operator support matrix)."""
+    return Path(__file__).resolve().parent / OPS_TABLE_NAME
 
 
 def load_ops_table(path: Union[str, Path]) -> Dict[str, OpSupport]:

@@ -697,3 +697,11 @@ def test_export_parity_script_refuses_a_different_threshold(tmp_path, symmetric,
     assert capsys.readouterr().err.splitlines() == [
         "error: the engines use score threshold 0.7, the config 0.5: pass MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.7"
     ]
+
+
+def test_packaged_ops_table_is_the_shared_one():
+    """The package ships a copy of shared/tensorrt_onnx_ops.tsv; it must not drift from the original."""
+    shared = Path(__file__).resolve().parent.parent.parent / "shared" / "tensorrt_onnx_ops.tsv"
+    if not shared.is_file():
+        pytest.skip("no shared/ folder beside this checkout")
+    assert default_ops_table().read_bytes() == shared.read_bytes()
