@@ -1,5 +1,6 @@
 """Importing detectron2 / original SLTnet checkpoints and configs, and preprocessing parity."""
 
+import json
 import pickle
 from fractions import Fraction
 from pathlib import Path
@@ -12,6 +13,7 @@ import yaml
 from PIL import Image
 
 from export.cli import main as export_main
+from runtime.cli import main as run_main
 from sltnet.config import load_config
 from sltnet.config.loader import ConfigWarning
 from sltnet.d2_import import (
@@ -719,5 +721,22 @@ def test_original_checkpoint_to_onnx_export_end_to_end(tmp_path, tiny_d2, capsys
 
     engines = tmp_path / "engines"
     assert export_main(["--config-file", str(config), "--out", str(engines), "--format", "onnx",
-                        "--class-names", "a,b,c,d", "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", "2"]) == 0
+                        "--input-size", "128", "128", "--class-names", "a,b,c,d",
+                        "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", "2"]) == 0
     assert {"frame.onnx", "temporal.onnx", "manifest.json"} <= {p.name for p in engines.iterdir()}
+
+    # Last step of the README's path: sltnet-run over the exported engines, here on a folder of frames.
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for index, frame in enumerate(video):
+        Image.fromarray(frame.permute(1, 2, 0).numpy()).save(folder / f"{index:06d}.png")
+    detections = tmp_path / "detections.json"
+    assert run_main([str(folder), "--engine", str(engines), "--backend", "onnxruntime", "--json", str(detections),
+                     "--no-progress"]) == 0
+    results = json.loads(detections.read_text())
+    per_frame = [[r for r in results if r["frame_index"] == index] for index in range(len(video))]
+    for (boxes, scores, _), found in zip(actual, per_frame, strict=True):
+        assert len(found) == len(scores)
+        if found:
+            xywh = torch.tensor([r["bbox"] for r in found])
+            torch.testing.assert_close(xywh[:, :2], boxes[:, :2], atol=1e-2, rtol=0)
