@@ -18,11 +18,16 @@ Its state is allocated once, on the backend's device, when it is created:
 Sequential mode answers frame t at once; symmetric mode answers frame t once frame t + N is pushed
 and :meth:`StreamingRuntime.flush` answers the rest at the end of a video. A new video
 (:meth:`StreamingRuntime.reset`, or the end of ``flush``) clears the window and the memory.
+
+For profiling (``benchmarks/fps.py``) the runtime takes an optional ``timer``: called with a stage
+name, it returns a context manager wrapped around that stage's work; the stages are
+:data:`TIMED_STAGES`, and everything else in ``push``/``flush`` is the runtime's bookkeeping
+(input check, slot rotation and re-binding, memory-ring updates).
 """
 
 from collections import deque
 from contextlib import nullcontext
-from typing import Deque, Dict, List, Optional, Tuple
+from typing import Callable, ContextManager, Deque, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -36,6 +41,13 @@ from sltnet.modeling.streaming import FrameResult
 MEMORY_INPUTS = ("memory_features", "memory_boxes", "memory_valid")
 ENTRY_OUTPUTS = ("entry_features", "entry_boxes", "entry_valid")
 DETECTION_OUTPUTS = ("det_boxes", "det_scores", "det_classes", "det_count")
+# What a ``timer`` sees: image upload, the two engine runs, detections to a FrameResult.
+TIMED_STAGES = ("preprocess", "frame_engine", "temporal_engine", "postprocess")
+StageTimer = Callable[[str], ContextManager[None]]
+
+
+def _untimed(stage: str) -> ContextManager[None]:
+    return nullcontext()
 
 
 def _empty(spec: TensorSpec, device: torch.device) -> Tensor:
@@ -90,12 +102,21 @@ class StreamingRuntime:
         backend: the engines (:func:`runtime.engines.open_backend`).
         score_thresh: keep detections scoring at least this (default: the export's threshold, which
             the temporal engine applies; a lower one cannot be recovered).
+        timer: profiling hook, called as ``with timer(stage):`` around each stage of
+            :data:`TIMED_STAGES` (default: none). A timer on CUDA must synchronize to measure.
     Raises:
         SltnetError: the manifest's tensors do not fit together, or ``score_thresh`` is below the export's.
     """
 
-    def __init__(self, manifest: Dict, backend: Backend, score_thresh: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        manifest: Dict,
+        backend: Backend,
+        score_thresh: Optional[float] = None,
+        timer: Optional[StageTimer] = None,
+    ) -> None:
         self.backend = backend
+        self._timer = timer or _untimed
         window, memory = manifest["window"], manifest["memory"]
         self.window_size = window["size"]
         self.num_frames = window["num_frames"]
@@ -193,10 +214,12 @@ class StreamingRuntime:
         self._num_frames += 1
         slot = self.slots[frame_index % self.window_size]
         with self._stream():
-            self._upload(image)
+            with self._timer("preprocess"):
+                self._upload(image)
             for name, tensor in slot.items():
                 self.backend.frame.bind(name, tensor)
-            self.backend.frame.run()
+            with self._timer("frame_engine"):
+                self.backend.frame.run()
             self._pending.append(frame_index)
             results = []
             while self._pending and self._pending[0] + self.latency <= frame_index:
@@ -225,10 +248,12 @@ class StreamingRuntime:
         for position, index in enumerate(indices):
             for name, tensor in self.slots[index % self.window_size].items():
                 temporal.bind(self.slot_input.format(slot=position, output=name), tensor)
-        temporal.run()
+        with self._timer("temporal_engine"):
+            temporal.run()
         if self.memory is not None:
             self.memory.update(reference)
-        return self._result(reference)
+        with self._timer("postprocess"):
+            return self._result(reference)
 
     def _result(self, reference: int) -> FrameResult:
         host = self._host_detections

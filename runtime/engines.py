@@ -230,7 +230,7 @@ def module_backend(
     return Backend("torch", f"torch ({device.type})", device, frame_engine, temporal_engine)
 
 
-def _manifest_overrides(manifest: Dict) -> List[str]:
+def manifest_overrides(manifest: Dict) -> List[str]:
     """Config overrides that give a rebuilt model the engines' baked-in settings."""
     window, memory, rpn, detections = manifest["window"], manifest["memory"], manifest["rpn"], manifest["detections"]
     overrides = [
@@ -272,7 +272,7 @@ def torch_backend(directory: Union[str, Path], manifest: Dict, device: Union[str
                 f"{Path(directory) / 'manifest.json'}: the torch backend rebuilds the model from source.{what} "
                 f"{path!r}, which is not a file here (use --backend onnxruntime)"
             )
-    cfg = load_config(config_file, ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu", *_manifest_overrides(manifest)])
+    cfg = load_config(config_file, ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu", *manifest_overrides(manifest)])
     modules = build_engine_modules(build_model(cfg), cfg, tuple(manifest["input"]["shape"][2:]))
     names = (list(modules.frame.output_names), list(modules.temporal.input_names), list(modules.temporal.output_names))
     frame_specs, temporal_specs = _engine_specs(manifest, "frame"), _engine_specs(manifest, "temporal")
