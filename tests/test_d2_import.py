@@ -171,12 +171,7 @@ BN = ("weight", "bias", "running_mean", "running_var")
 D2_PIXEL_MEAN = [103.530, 116.280, 123.675]  # detectron2's default, BGR
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def write_configs(folder: Path, main: str, name: str = "sltnet.yaml") -> str:

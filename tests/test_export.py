@@ -95,14 +95,7 @@ def assert_same_results(expected: List[tuple], actual: List[tuple]) -> None:
             unmatched.remove(match)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread, like the onnxruntime sessions here: on a busy machine OpenMP threads wait
-    on each other far longer than the work takes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def make_weights(folder: Path) -> Dict[str, Path]:

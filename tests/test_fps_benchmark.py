@@ -8,7 +8,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
-import torch
 from test_export import (
     BASELINE_SCORE_THRESH,
     CLASS_NAMES,
@@ -30,12 +29,7 @@ fps = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(fps)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -35,12 +35,7 @@ from sltnet.modeling.streaming import StreamingDetector
 FRAME_SIZE = (128, 128)  # the tiny config's default export size
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
