@@ -6,7 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from sltnet.config import load_config
+from sltnet.data.synthetic import generate_split
+from sltnet.modeling.build import build_model
 from sltnet.tools.eval import main
 
 # Two videos of 3 frames; a static cat (slow), a dog moving 30 px a frame (fast).
@@ -113,3 +117,33 @@ def test_console_script_reports_one_line_and_no_traceback(files):
     assert result.returncode == 2
     assert result.stderr == f"error: {dets_path}: detection 0: unknown image id 99\n"
     assert "Traceback" not in result.stderr
+
+
+def test_runs_a_model_over_a_dataset_and_scores_it(tmp_path, capsys):
+    """--config-file: the model streams the dataset in video order; its detections are written and scored."""
+    summary = generate_split(str(tmp_path), "clip", 1, 4, 128, seed=0, workers=1, progress=False)
+    cfg = load_config("configs/synthetic/tiny_baseline.yaml")
+    torch.manual_seed(0)
+    weights = tmp_path / "weights.pt"
+    torch.save({"model": build_model(cfg).state_dict()}, weights)
+    detections = tmp_path / "dets.json"
+    metrics = tmp_path / "metrics.json"
+    status = main([
+        "--config-file", "configs/synthetic/tiny_baseline.yaml", "--weights", str(weights),
+        "--gt", str(summary.json_path), "--image-root", str(tmp_path / "clip"), "--no-progress",
+        "--detections-out", str(detections), "--output", str(metrics), "--score-thresh", "0.0",
+    ])
+    assert status == 0
+    results = json.loads(detections.read_text())
+    image_ids = {image["id"] for image in json.loads(Path(summary.json_path).read_text())["images"]}
+    assert results and {r["image_id"] for r in results} <= image_ids
+    assert json.loads(metrics.read_text())["num_detections"] == len(results)
+    assert "VID mAP@0.5" in capsys.readouterr().out
+
+
+def test_model_options_need_a_config(tmp_path, capsys):
+    status = main(["--gt", "gt.json", "--detections", "d.json", "--weights", "w.pt"])
+    assert status == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --dataset, --weights, --detections-out and KEY VALUE overrides need --config-file"
+    )
