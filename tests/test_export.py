@@ -192,6 +192,12 @@ def baseline(tmp_path_factory, weights) -> Export:
     )
 
 
+def baseline_export_argv(weights: Dict[str, Path], out: Path, *extra: str) -> List[str]:
+    """``sltnet-export`` arguments for the tiny baseline into ``out``, plus ``extra``."""
+    return ["--config-file", TINY_BASELINE, "--weights", str(weights["baseline"]), "--out", str(out),
+            "--class-names", CLASS_NAMES, *extra]
+
+
 @pytest.fixture(params=["sequential", "symmetric", "baseline"])
 def exported(request) -> Export:
     return request.getfixturevalue(request.param)
@@ -467,21 +473,7 @@ def test_check_trt_lists_offending_nodes_and_fails(tmp_path, weights, capsys):
     table = default_ops_table().read_text().replace("Conv\tY\t", "Conv\tN\t")
     (tmp_path / "ops.tsv").write_text(table)
     out = tmp_path / "engines"
-    status = main(
-        [
-            "--config-file",
-            TINY_BASELINE,
-            "--weights",
-            str(weights["baseline"]),
-            "--out",
-            str(out),
-            "--class-names",
-            CLASS_NAMES,
-            "--check-trt",
-            "--ops-table",
-            str(tmp_path / "ops.tsv"),
-        ]
-    )
+    status = main(baseline_export_argv(weights, out, "--check-trt", "--ops-table", str(tmp_path / "ops.tsv")))
     captured = capsys.readouterr()
     assert status == 2
     listed = [line for line in captured.out.splitlines() if "(Conv): operator not supported by TensorRT" in line]
@@ -546,20 +538,7 @@ def test_manifest_refuses_an_engine_without_checksum(export_copy):
 @pytest.mark.skipif(tensorrt_unavailable() is None, reason="TensorRT and a GPU are available here")
 def test_format_trt_without_tensorrt_fails_in_one_line_after_writing_onnx(tmp_path, weights, capsys):
     out = tmp_path / "engines"
-    status = main(
-        [
-            "--config-file",
-            TINY_BASELINE,
-            "--weights",
-            str(weights["baseline"]),
-            "--out",
-            str(out),
-            "--class-names",
-            CLASS_NAMES,
-            "--format",
-            "trt",
-        ]
-    )
+    status = main(baseline_export_argv(weights, out, "--format", "trt"))
     errors = capsys.readouterr().err.splitlines()
     assert status == 2
     assert len(errors) == 1 and errors[0].startswith("error: --format trt: ")
