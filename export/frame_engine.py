@@ -6,27 +6,30 @@ PyTorch path of :class:`~sltnet.modeling.streaming.StreamingDetector`: :class:`I
 antialiasing; channel order of ``INPUT.FORMAT``; ``(x - PIXEL_MEAN) / PIXEL_STD``; zero padding to
 ``SIZE_DIVISIBILITY``), then the backbone and the RPN.
 
-Outputs: the box head's FPN levels (``p2`` .. ``p5``: [1, C, H_l, W_l]), ``objectness_logits``
-[A] and ``boxes`` [A, 4] (decoded, unclipped, in the pixels of the resized frame before padding;
-the runtime scales detections back to the input size).
+Outputs: ``features`` [1, C, H_m, W_m], the box head's FPN levels (P2 .. P5) side by side in one
+:class:`~export.static_ops.LevelMosaic`, so the temporal engine pools every box from its level with
+one RoIAlign; ``objectness_logits`` [A] and ``boxes`` [A, 4] (decoded, unclipped, in the pixels of
+the resized frame before padding; the runtime scales detections back to the input size).
 """
 
 from typing import List, Tuple, Union
 
 from torch import Tensor, nn
 
+from export.static_ops import LevelMosaic, build_mosaic
 from sltnet.data.transforms import ImagePreprocessor
 from sltnet.modeling.baseline import FasterRCNN
 from sltnet.modeling.rpn import RPNOutputs
 from sltnet.modeling.sltnet import SLTnet
 
 IMAGE_INPUT = "image"
+FEATURES = "features"
 OBJECTNESS_LOGITS = "objectness_logits"
 ANCHOR_BOXES = "boxes"
 
 
 class FrameEngine(nn.Module):
-    """uint8 image → box-head FPN levels, per-anchor objectness logits and decoded boxes.
+    """uint8 image → the box-head FPN levels' mosaic, per-anchor objectness logits and decoded boxes.
 
     Args:
         model: an :class:`SLTnet` or the single-frame :class:`FasterRCNN` (both have ``backbone``,
@@ -41,7 +44,7 @@ class FrameEngine(nn.Module):
 
     @property
     def output_names(self) -> List[str]:
-        return [*self.model.roi_in_features, OBJECTNESS_LOGITS, ANCHOR_BOXES]
+        return [FEATURES, OBJECTNESS_LOGITS, ANCHOR_BOXES]
 
     def resized_size(self, input_size: Tuple[int, int]) -> Tuple[int, int]:
         """(height, width) of a frame of ``input_size`` after the resize, before padding."""
@@ -53,11 +56,12 @@ class FrameEngine(nn.Module):
         rpn_outputs = self.model.rpn([features[name] for name in self.model.rpn_in_features])
         return [features[name] for name in self.model.roi_in_features], rpn_outputs
 
-    def num_anchors_per_level(self, image: Tensor) -> List[int]:
-        """A split by RPN level for images of ``image``'s size."""
-        return self._run(image)[1].num_anchors_per_level
-
-    def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
-        """uint8 [1, 3, H_in, W_in] RGB → (*levels [1, C, H_l, W_l], logits [A], boxes [A, 4])."""
+    def layout(self, image: Tensor) -> Tuple[List[int], LevelMosaic]:
+        """A split by RPN level and the feature mosaic's layout for images of ``image``'s size."""
         levels, rpn_outputs = self._run(image)
-        return (*levels, rpn_outputs.objectness_logits[0], rpn_outputs.boxes[0])
+        return rpn_outputs.num_anchors_per_level, LevelMosaic(tuple(tuple(level.shape[2:]) for level in levels))
+
+    def forward(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """uint8 [1, 3, H_in, W_in] RGB → (features [1, C, H_m, W_m], logits [A], boxes [A, 4])."""
+        levels, rpn_outputs = self._run(image)
+        return build_mosaic(levels), rpn_outputs.objectness_logits[0], rpn_outputs.boxes[0]

@@ -10,7 +10,8 @@ Top-level keys:
   (the pixels the detections are in; scale x by W_in / w and y by H_in / h) and the preprocessing
   done inside the frame engine;
 - ``window``: N, the window size, the reference position, the latency in frames and the padding rule;
-- ``memory``: long-term memory size K x P, feature width d and the keyframe interval;
+- ``memory``: long-term memory size K x P, feature width d, the keyframe interval and the name
+  template of the memory slots' inputs;
 - ``tubelets``, ``detections`` (slots, score and NMS thresholds) and ``rpn`` settings;
 - ``engines``: per engine its file names (``onnx``, after a TensorRT build also ``tensorrt``) and
   its input/output tensors (name, shape, dtype);
@@ -30,13 +31,13 @@ from yacs.config import CfgNode
 import sltnet
 from export.frame_engine import IMAGE_INPUT
 from export.onnx_export import FRAME_ONNX, OPSET, TEMPORAL_ONNX, ExportedEngines, engine_io_json
-from export.temporal_engine import DETECTION_OUTPUTS, slot_input_name
+from export.temporal_engine import DETECTION_OUTPUTS, memory_input_name, slot_input_name
 from sltnet.atomic_io import atomic_write_text
 from sltnet.errors import SltnetError
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "sltnet-engines"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ENGINE_NAMES = ("frame", "temporal")
 
 
@@ -101,7 +102,7 @@ def build_manifest(
             "num_keyframes": st.NUM_KEYFRAMES if temporal.long_term else 0,
             "keyframe_interval": st.KEYFRAME_INTERVAL if temporal.long_term else 0,
             "rows_per_entry": temporal.entry_rows,
-            "rows": temporal.memory_rows,
+            "slot_input": memory_input_name("{slot}", "{part}"),
             "feature_dim": temporal.feature_dim if temporal.long_term else 0,
         },
         "tubelets": temporal.num_tubelets,

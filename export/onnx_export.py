@@ -169,15 +169,19 @@ def export_module(
     return {"inputs": tensor_specs(graph.graph.input), "outputs": tensor_specs(graph.graph.output)}
 
 
-def _example_memory(temporal: TemporalEngine, like: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """A half-full memory of plausible rows, so tracing sees the masked path used at run time."""
+def _example_memory(temporal: TemporalEngine, like: Tensor) -> List[Tensor]:
+    """K memory slots of plausible rows, half of them valid, so tracing sees the masked path used at
+    run time; in input order (features, boxes, valid of slot 0, then slot 1, ...)."""
     generator = torch.Generator().manual_seed(0)
-    features, boxes, valid = temporal.empty_memory(like)
-    features = torch.rand(features.shape, generator=generator).to(like)
-    corners = torch.rand((len(boxes), 2), generator=generator) * 0.5 * min(temporal.image_size)
-    boxes = torch.cat([corners, corners + 8], dim=1).to(like)
-    valid[: len(valid) // 2] = True
-    return features, boxes, valid
+    slots: List[Tensor] = []
+    for _ in range(temporal.num_keyframes):
+        features, boxes, valid = temporal.empty_entry(like)
+        features = torch.rand(features.shape, generator=generator).to(like)
+        corners = torch.rand((len(boxes), 2), generator=generator) * 0.5 * min(temporal.image_size)
+        boxes = torch.cat([corners, corners + 8], dim=1).to(like)
+        valid[: len(valid) // 2] = True
+        slots += [features, boxes, valid]
+    return slots
 
 
 def build_engine_modules(model: Union[SLTnet, FasterRCNN], cfg: CfgNode, input_size: Tuple[int, int]) -> EngineModules:
@@ -195,12 +199,11 @@ def build_engine_modules(model: Union[SLTnet, FasterRCNN], cfg: CfgNode, input_s
     image = torch.randint(0, 256, (1, 3, *input_size), dtype=torch.uint8, generator=generator)
     with torch.no_grad():
         frame_outputs = frame(image)
-        anchors_per_level = frame.num_anchors_per_level(image)
+        anchors_per_level, mosaic = frame.layout(image)
     resized_size = frame.resized_size(input_size)
-    temporal = TemporalEngine(model, anchors_per_level, resized_size, cfg.MODEL.SPATIOTEMPORAL.NUM_KEYFRAMES)
+    temporal = TemporalEngine(model, anchors_per_level, mosaic, resized_size, cfg.MODEL.SPATIOTEMPORAL.NUM_KEYFRAMES)
     temporal_inputs: List[Tensor] = list(frame_outputs) * temporal.window_size
-    if temporal.long_term:
-        temporal_inputs += _example_memory(temporal, frame_outputs[-1])
+    temporal_inputs += _example_memory(temporal, frame_outputs[-1])
     return EngineModules(frame, temporal, tuple(input_size), resized_size, [image], temporal_inputs)
 
 

@@ -11,8 +11,9 @@ fixed number of slots plus a validity mask:
   ``batched_nms`` does for up to 1000 boxes on the CPU (25000 on CUDA), so NMS sees the same
   coordinates as PyTorch; above that torchvision runs NMS per group on unshifted boxes, which can
   round an IoU right at the threshold the other way.
-- Multi-level RoIAlign pools every box on every level and picks the box's level with a mask
-  instead of gathering boxes per level (L times the RoIAlign work, no data-dependent indexing).
+- Multi-level RoIAlign is one RoIAlign over a mosaic of the frame's FPN levels (the frame engine
+  outputs it), each box moved into its own level's block: every box is pooled once, from its level,
+  without gathering boxes per level (no data-dependent indexing).
 
 Everything else is the model's own code (:func:`~sltnet.modeling.rpn.top_anchors_per_level`,
 :func:`~sltnet.modeling.tubelets.clip_window_boxes`,
@@ -29,6 +30,7 @@ from typing import List, NamedTuple, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import nms, roi_align
 
@@ -133,23 +135,66 @@ def link_tubelets_fixed(
     return FixedTubelets(torch.where(valid[None, :, None], tubelet_boxes, torch.zeros_like(tubelet_boxes)), valid)
 
 
-def pool_fixed(pooler: MultiLevelRoIAlign, features: List[Tensor], boxes: Tensor) -> Tensor:
-    """The pooler's multi-level RoIAlign of one image's boxes, without gathering boxes per level.
+class LevelMosaic(NamedTuple):
+    """Where the pooled FPN levels of one frame sit side by side in one feature tensor.
+
+    Level l occupies columns ``offsets[l]`` .. ``offsets[l] + W_l + 1`` and rows 0 .. H_l + 1 of the
+    mosaic [1, C, H_0 + 2, sum(W_l + 2)]: its features with their border rows and columns repeated
+    once around them (rows below a coarse level are zeros). The repeated border gives bilinear
+    sampling at a level's edge exactly what RoIAlign's clamping gives on the level alone, so one
+    RoIAlign over the mosaic pools every box from its own level, once.
+
+    Attributes:
+        shapes: (H_l, W_l) of each level, finest first.
+    """
+
+    shapes: Tuple[Tuple[int, int], ...]
+
+    @property
+    def offsets(self) -> List[int]:
+        """Left column of each level's block (the repeated border's column)."""
+        widths = [width + 2 for _, width in self.shapes]
+        return [sum(widths[:level]) for level in range(len(widths))]
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        """(height, width) of the mosaic."""
+        return self.shapes[0][0] + 2, sum(width + 2 for _, width in self.shapes)
+
+
+def _repeat_border(level: Tensor) -> Tensor:
+    """[1, C, H, W] -> [1, C, H + 2, W + 2] with the outer rows and columns repeated (Slice + Concat,
+    which every target runs)."""
+    level = torch.cat([level[:, :, :1], level, level[:, :, -1:]], dim=2)
+    return torch.cat([level[..., :1], level, level[..., -1:]], dim=3)
+
+
+def build_mosaic(levels: Sequence[Tensor]) -> Tensor:
+    """The :class:`LevelMosaic` of ``levels`` (one [1, C, H_l, W_l] tensor per level, finest first)."""
+    height = levels[0].shape[2] + 2
+    blocks = [_repeat_border(level) for level in levels]
+    blocks = [F.pad(block, (0, 0, 0, height - block.shape[2])) for block in blocks]
+    return torch.cat(blocks, dim=3)
+
+
+def pool_mosaic(pooler: MultiLevelRoIAlign, mosaic: Tensor, layout: LevelMosaic, boxes: Tensor) -> Tensor:
+    """The pooler's multi-level RoIAlign of one image's boxes, as one RoIAlign over the mosaic.
 
     Args:
-        pooler: the box head's pooler (its scales, output size and sampling ratio are used).
-        features: one [1, C, H_l, W_l] tensor per pooler level, finest first.
-        boxes: [R, 4] (x1, y1, x2, y2).
+        pooler: the box head's pooler (its levels, scales, output size and sampling ratio are used).
+        mosaic: [1, C, H, W] the frame's :func:`build_mosaic` of the pooler's levels.
+        layout: the mosaic's layout.
+        boxes: [R, 4] (x1, y1, x2, y2) within the image.
     Returns:
-        [R, C, S, S], equal to ``pooler(features, [boxes])``.
+        [R, C, S, S], equal to ``pooler(levels, [boxes])`` up to float rounding of the moved boxes.
     """
-    rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1)
-    levels = assign_boxes_to_levels(boxes, pooler.min_level, pooler.max_level)[:, None, None, None]
-    pooled = None
-    for level, (feature, scale) in enumerate(zip(features, pooler.scales)):
-        level_pooled = roi_align(feature, rois, pooler.output_size, scale, pooler.sampling_ratio, aligned=True)
-        pooled = level_pooled if pooled is None else torch.where(levels == level, level_pooled, pooled)
-    return pooled
+    levels = assign_boxes_to_levels(boxes, pooler.min_level, pooler.max_level)
+    scales = torch.tensor(pooler.scales, dtype=boxes.dtype, device=boxes.device)[levels]
+    # Each box moves into its level's block: scaled to the level, shifted past the repeated border.
+    shift_x = torch.tensor(layout.offsets, dtype=boxes.dtype, device=boxes.device)[levels] + 1
+    shift = torch.stack([shift_x, torch.ones_like(shift_x), shift_x, torch.ones_like(shift_x)], dim=1)
+    rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes * scales[:, None] + shift], dim=1)
+    return roi_align(mosaic, rois, pooler.output_size, 1.0, pooler.sampling_ratio, aligned=True)
 
 
 class FixedDetections(NamedTuple):

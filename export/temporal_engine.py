@@ -4,17 +4,19 @@ Inputs, every one a separate tensor so the runtime rotates the window by re-bind
 
 - per window slot i (N slots sequential, 2N + 1 symmetric, 1 for the single-frame baseline; slot
   order = time order, the reference at ``reference_position``): ``frame{i}_<name>`` for each
-  frame-engine output ``<name>``: ``frame{i}_p2`` .. ``frame{i}_p5`` [1, C, H_l, W_l],
+  frame-engine output ``<name>``: ``frame{i}_features`` [1, C, H_m, W_m] (the levels' mosaic),
   ``frame{i}_objectness_logits`` [A], ``frame{i}_boxes`` [A, 4];
-- with long-term attention: ``memory_features`` [K·P, d], ``memory_boxes`` [K·P, 4] and
-  ``memory_valid`` [K·P] bool (K = ``NUM_KEYFRAMES`` slots of P rows; row order does not matter).
+- with long-term attention, per memory slot k of K (``NUM_KEYFRAMES``): ``memory{k}_features``
+  [P, d], ``memory{k}_boxes`` [P, 4] and ``memory{k}_valid`` [P] bool, one keyframe's entry each
+  (slot and row order do not matter; invalid rows are ignored).
 
 Outputs: ``det_boxes`` [D, 4] (resized-frame pixels), ``det_scores`` [D], ``det_classes`` [D]
 int64 and ``det_count`` [1] int64 — D = min(``TEST.DETECTIONS_PER_IMAGE``, RoIs x classes) slots,
 the first ``det_count`` are the detections by decreasing score, the rest padding (zeros, class -1);
 with long-term attention also the frame's memory entry ``entry_features`` [P, d], ``entry_boxes``
-[P, 4], ``entry_valid`` [P] bool (invalid rows are zeros), which the runtime writes into a memory slot
-when the reference frame is a keyframe.
+[P, 4], ``entry_valid`` [P] bool (invalid rows are zeros). The runtime binds them to a spare memory
+slot, which becomes one of the K inputs when the reference frame is a keyframe: the engine writes the
+memory directly, and no output is ever bound to a buffer the same call reads.
 
 The steps are the model's (:meth:`SLTnet.score_tubelets`, its aggregation and heads) around the
 static-shape tubelet linking, pooling and post-processing of :mod:`export.static_ops`; R =
@@ -26,20 +28,26 @@ from typing import List, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from export.frame_engine import ANCHOR_BOXES, OBJECTNESS_LOGITS
-from export.static_ops import link_tubelets_fixed, pool_fixed, postprocess_fixed
+from export.frame_engine import ANCHOR_BOXES, FEATURES, OBJECTNESS_LOGITS
+from export.static_ops import LevelMosaic, link_tubelets_fixed, pool_mosaic, postprocess_fixed
 from sltnet.modeling.baseline import FasterRCNN
 from sltnet.modeling.sltnet import SLTnet
 
-MEMORY_INPUTS = ("memory_features", "memory_boxes", "memory_valid")
+#: What a memory slot and the memory entry hold, in input/output order.
+MEMORY_PARTS = ("features", "boxes", "valid")
 DETECTION_OUTPUTS = ("det_boxes", "det_scores", "det_classes", "det_count")
-ENTRY_OUTPUTS = ("entry_features", "entry_boxes", "entry_valid")
+ENTRY_OUTPUTS = tuple(f"entry_{part}" for part in MEMORY_PARTS)
 
 
 def slot_input_name(slot: Union[int, str], frame_output: str) -> str:
     """The temporal engine's input that window slot ``slot`` binds to frame-engine output ``frame_output``
     (with ``slot`` = "{slot}": the name template the manifest records)."""
     return f"frame{slot}_{frame_output}"
+
+
+def memory_input_name(slot: Union[int, str], part: str) -> str:
+    """The temporal engine's input that memory slot ``slot`` binds to its ``part`` (or the template)."""
+    return f"memory{slot}_{part}"
 
 
 class TemporalEngine(nn.Module):
@@ -49,6 +57,7 @@ class TemporalEngine(nn.Module):
         model: :class:`SLTnet` (any mode) or the single-frame :class:`FasterRCNN`, which becomes a
             window of one frame scored by the spatial head alone.
         num_anchors_per_level: A split by RPN level at the export's input size.
+        mosaic: the layout of the frame engine's ``features`` at that size.
         image_size: (height, width) of the resized frame before padding.
         num_keyframes: K, memory slots (``MODEL.SPATIOTEMPORAL.NUM_KEYFRAMES``).
     """
@@ -57,12 +66,14 @@ class TemporalEngine(nn.Module):
         self,
         model: Union[SLTnet, FasterRCNN],
         num_anchors_per_level: Sequence[int],
+        mosaic: LevelMosaic,
         image_size: Tuple[int, int],
         num_keyframes: int,
     ) -> None:
         super().__init__()
         self.model = model
         self.num_anchors_per_level = list(num_anchors_per_level)
+        self.mosaic = mosaic
         self.image_size = tuple(image_size)
         self.temporal = isinstance(model, SLTnet)
         self.long_term = self.temporal and model.long_term
@@ -73,11 +84,7 @@ class TemporalEngine(nn.Module):
         num_candidates = sum(min(rpn.pre_nms_topk, count) for count in self.num_anchors_per_level)
         self.num_tubelets = min(rpn.post_nms_topk, num_candidates)
         self.entry_rows = min(model.num_ref_rois, self.num_tubelets) if self.long_term else 0
-        self.memory_rows = num_keyframes * self.entry_rows
-
-    @property
-    def levels(self) -> List[str]:
-        return list(self.model.roi_in_features)
+        self.num_keyframes = num_keyframes if self.long_term else 0
 
     @property
     def feature_dim(self) -> int:
@@ -86,30 +93,29 @@ class TemporalEngine(nn.Module):
 
     @property
     def input_names(self) -> List[str]:
-        frame_outputs = [*self.levels, OBJECTNESS_LOGITS, ANCHOR_BOXES]
+        frame_outputs = [FEATURES, OBJECTNESS_LOGITS, ANCHOR_BOXES]
         names = [slot_input_name(slot, output) for slot in range(self.window_size) for output in frame_outputs]
-        return names + (list(MEMORY_INPUTS) if self.long_term else [])
+        return names + [memory_input_name(slot, part) for slot in range(self.num_keyframes) for part in MEMORY_PARTS]
 
     @property
     def output_names(self) -> List[str]:
         return list(DETECTION_OUTPUTS) + (list(ENTRY_OUTPUTS) if self.long_term else [])
 
-    def empty_memory(self, like: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """An all-invalid memory: features [K·P, d], boxes [K·P, 4], valid [K·P] bool."""
+    def empty_entry(self, like: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """An all-invalid memory slot: features [P, d], boxes [P, 4], valid [P] bool."""
         return (
-            like.new_zeros((self.memory_rows, self.feature_dim)),
-            like.new_zeros((self.memory_rows, 4)),
-            torch.zeros(self.memory_rows, dtype=torch.bool, device=like.device),
+            like.new_zeros((self.entry_rows, self.feature_dim)),
+            like.new_zeros((self.entry_rows, 4)),
+            torch.zeros(self.entry_rows, dtype=torch.bool, device=like.device),
         )
 
     def forward(self, *inputs: Tensor) -> Tuple[Tensor, ...]:
         """Inputs and outputs in the order of :attr:`input_names` and :attr:`output_names`."""
         model, rpn, roi_heads = self.model, self.model.rpn, self.model.roi_heads
-        per_slot = len(self.levels) + 2
-        slots = [inputs[i * per_slot : (i + 1) * per_slot] for i in range(self.window_size)]
+        slots = [inputs[i * 3 : (i + 1) * 3] for i in range(self.window_size)]  # features, logits, boxes
         tubelets = link_tubelets_fixed(
-            torch.stack([slot[-1] for slot in slots]),
-            torch.stack([slot[-2] for slot in slots]),
+            torch.stack([slot[2] for slot in slots]),
+            torch.stack([slot[1] for slot in slots]),
             self.num_anchors_per_level,
             self.reference_position,
             self.image_size,
@@ -119,13 +125,17 @@ class TemporalEngine(nn.Module):
             rpn.min_size,
         )
         pooled = [
-            pool_fixed(roi_heads.box_pooler, list(slot[:-2]), frame_boxes)
+            pool_mosaic(roi_heads.box_pooler, slot[0], self.mosaic, frame_boxes)
             for slot, frame_boxes in zip(slots, tubelets.boxes)
         ]
         reference_rois = pooled[self.reference_position]
         reference_boxes = tubelets.boxes[self.reference_position]
         if self.temporal:
-            memory = inputs[self.window_size * per_slot :] if self.long_term else self.empty_memory(reference_boxes)
+            if self.long_term:  # the K slots' rows side by side: [K·P, d], [K·P, 4], [K·P]
+                memory_slots = inputs[self.window_size * 3 :]
+                memory = tuple(torch.cat(memory_slots[part :: len(MEMORY_PARTS)]) for part in range(len(MEMORY_PARTS)))
+            else:
+                memory = self.empty_entry(reference_boxes)
             aggregated = model.aggregation(torch.stack(pooled), self.reference_position)
             probs, box_deltas, entry_features = model.score_tubelets(
                 reference_rois, aggregated, reference_boxes, *memory, valid=tubelets.valid

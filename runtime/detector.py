@@ -8,10 +8,11 @@ Its state is allocated once, on the backend's device, when it is created:
 - the temporal engine's window inputs ``frame{i}_<output>`` are bound to the slots of the frames
   ``window_indices(...)``: rotating the window re-binds addresses and never copies features, and
   start/end padding binds the first/last frame's slot several times;
-- a :class:`MemoryRing` of K slots of P rows with a validity mask, bound whole as the ``memory_*``
-  inputs; the temporal engine writes its ``entry_*`` outputs into one entry buffer, which a keyframe
-  then copies into the next slot on the device. (An output cannot be bound into the memory buffer
-  the same call reads: engines do not allow aliased inputs and outputs.)
+- a :class:`MemoryRing` of K + 1 slots of P rows with a validity mask: K are bound as the
+  ``memory{k}_*`` inputs and the spare one as the ``entry_*`` outputs, so the temporal engine writes
+  the frame's memory entry straight into the ring; a keyframe keeps it by re-binding (the spare
+  replaces the oldest slot), never by copying, and no output shares a buffer with an input of the
+  same call;
 - one image buffer and the detection buffers; on CUDA also pinned host buffers, so only the image
   goes to the device and only the detections come back.
 
@@ -38,8 +39,8 @@ from sltnet.data.transforms import scale_boxes
 from sltnet.errors import SltnetError
 from sltnet.modeling.streaming import FrameResult
 
-MEMORY_INPUTS = ("memory_features", "memory_boxes", "memory_valid")
-ENTRY_OUTPUTS = ("entry_features", "entry_boxes", "entry_valid")
+MEMORY_PARTS = ("features", "boxes", "valid")
+ENTRY_OUTPUTS = tuple(f"entry_{part}" for part in MEMORY_PARTS)
 DETECTION_OUTPUTS = ("det_boxes", "det_scores", "det_classes", "det_count")
 # What a ``timer`` sees: image upload, the two engine runs, detections to a FrameResult.
 TIMED_STAGES = ("preprocess", "frame_engine", "temporal_engine", "postprocess")
@@ -56,40 +57,58 @@ def _empty(spec: TensorSpec, device: torch.device) -> Tensor:
 
 
 class MemoryRing:
-    """The long-term memory as the temporal engine binds it: K slots of P rows, round-robin.
+    """The long-term memory as the temporal engine binds it: K + 1 slots of P rows.
+
+    ``order[:K]`` are bound as the engine's memory inputs (oldest entry first; a slot never written
+    holds only invalid rows) and ``order[K]``, the spare, as its ``entry_*`` outputs. When the
+    reference frame is a keyframe the spare becomes the newest input and the oldest input the spare.
 
     Attributes:
-        buffers: ``memory_features`` [K·P, d], ``memory_boxes`` [K·P, 4], ``memory_valid`` [K·P] bool.
-        entry: the temporal engine's ``entry_*`` outputs [P, ...] (one slot's worth).
+        slots: K + 1 slots ``{part: tensor}``: features [P, d], boxes [P, 4], valid [P] bool.
+        order: slot indices in binding order.
     """
 
     def __init__(
-        self, specs: Dict[str, TensorSpec], num_keyframes: int, keyframe_interval: int, device: torch.device
+        self,
+        specs: Dict[str, TensorSpec],
+        slot_input: str,
+        num_keyframes: int,
+        keyframe_interval: int,
+        device: torch.device,
     ) -> None:
+        self.slot_input = slot_input
         self.num_keyframes = num_keyframes
         self.keyframe_interval = keyframe_interval
-        self.buffers = {name: _empty(specs[name], device) for name in MEMORY_INPUTS}
-        self.entry = {name: _empty(specs[name], device) for name in ENTRY_OUTPUTS}
-        self.rows_per_entry = specs[ENTRY_OUTPUTS[0]].shape[0]
+        self.slots = [
+            {part: _empty(specs[f"entry_{part}"], device) for part in MEMORY_PARTS} for _ in range(num_keyframes + 1)
+        ]
+        self.order = list(range(num_keyframes + 1))
         self.num_writes = 0
 
     def __len__(self) -> int:
         """Number of entries held."""
         return min(self.num_writes, self.num_keyframes)
 
+    def bindings(self) -> Dict[str, Tensor]:
+        """``{engine tensor name: slot buffer}`` in the current order."""
+        named = {}
+        for position, index in enumerate(self.order):
+            for part, tensor in self.slots[index].items():
+                spare = position == self.num_keyframes
+                named[f"entry_{part}" if spare else self.slot_input.format(slot=position, part=part)] = tensor
+        return named
+
     def reset(self) -> None:
         """Forget every entry (a new video starts)."""
-        self.buffers["memory_valid"].zero_()
+        for slot in self.slots:
+            slot["valid"].zero_()
         self.num_writes = 0
 
     def update(self, frame_index: int) -> bool:
-        """Copy the entry into the next slot if the reference frame ``frame_index`` is a keyframe."""
+        """Keep the entry the engine just wrote into the spare slot if ``frame_index`` is a keyframe."""
         if frame_index % self.keyframe_interval:
             return False
-        start = (self.num_writes % self.num_keyframes) * self.rows_per_entry
-        for memory_name, entry_name in zip(MEMORY_INPUTS, ENTRY_OUTPUTS):
-            slot = self.buffers[memory_name][start : start + self.rows_per_entry]
-            slot.copy_(self.entry[entry_name], non_blocking=True)
+        self.order = self.order[1:] + self.order[:1]
         self.num_writes += 1
         return True
 
@@ -137,7 +156,20 @@ class StreamingRuntime:
         frame_outputs = manifest_specs(manifest["engines"]["frame"]["outputs"])
         temporal_inputs = manifest_specs(manifest["engines"]["temporal"]["inputs"])
         temporal_outputs = manifest_specs(manifest["engines"]["temporal"]["outputs"])
-        _check_specs(frame_outputs, temporal_inputs, self.slot_input, self.window_size)
+        sources = {
+            self.slot_input.format(slot=position, output=name): (f"the frame engine's {name!r}", spec)
+            for position in range(self.window_size)
+            for name, spec in frame_outputs.items()
+        }
+        if memory["long_term"]:
+            sources.update(
+                {
+                    memory["slot_input"].format(slot=slot, part=part): (f"a memory slot's {part!r}", temporal_outputs[f"entry_{part}"])
+                    for slot in range(memory["num_keyframes"])
+                    for part in MEMORY_PARTS
+                }
+            )
+        _check_specs(temporal_inputs, sources)
         device = backend.device
         self.image = _empty(
             manifest_specs([manifest["engines"]["frame"]["inputs"][0]])[manifest["input"]["tensor"]], device
@@ -150,7 +182,7 @@ class StreamingRuntime:
         self.memory: Optional[MemoryRing] = None
         if memory["long_term"]:
             self.memory = MemoryRing(
-                {**temporal_inputs, **temporal_outputs}, memory["num_keyframes"], memory["keyframe_interval"], device
+                temporal_outputs, memory["slot_input"], memory["num_keyframes"], memory["keyframe_interval"], device
             )
         on_cuda = device.type == "cuda"
         # Pinned host mirrors: the image goes up and the detections come down asynchronously.
@@ -165,13 +197,12 @@ class StreamingRuntime:
         self.reset()
 
     def _bind_fixed(self) -> None:
-        """Bind the buffers that never move: image, detections, memory and entry."""
+        """Bind the image, the detections and the memory ring in its first order."""
         frame, temporal = self.backend.frame, self.backend.temporal
         frame.bind(self.image_name, self.image)
         fixed = dict(self.detections)
         if self.memory is not None:
-            fixed.update(self.memory.buffers)
-            fixed.update(self.memory.entry)
+            fixed.update(self.memory.bindings())
         for name, tensor in fixed.items():
             temporal.bind(name, tensor)
 
@@ -181,7 +212,8 @@ class StreamingRuntime:
         for index, slot in enumerate(self.slots):
             named.update({f"slot{index}/{n}": t for n, t in slot.items()})
         if self.memory is not None:
-            named.update({f"memory/{n}": t for n, t in {**self.memory.buffers, **self.memory.entry}.items()})
+            for index, slot in enumerate(self.memory.slots):
+                named.update({f"memory{index}/{n}": t for n, t in slot.items()})
         return named
 
     def reset(self) -> None:
@@ -250,8 +282,9 @@ class StreamingRuntime:
                 temporal.bind(self.slot_input.format(slot=position, output=name), tensor)
         with self._timer("temporal_engine"):
             temporal.run()
-        if self.memory is not None:
-            self.memory.update(reference)
+        if self.memory is not None and self.memory.update(reference):
+            for name, tensor in self.memory.bindings().items():
+                temporal.bind(name, tensor)
         with self._timer("postprocess"):
             return self._result(reference)
 
@@ -271,14 +304,11 @@ class StreamingRuntime:
 
 
 def _check_specs(
-    frame_outputs: Dict[str, TensorSpec], temporal_inputs: Dict[str, TensorSpec], slot_input: str, window_size: int
+    temporal_inputs: Dict[str, TensorSpec], sources: Dict[str, Tuple[str, TensorSpec]]
 ) -> None:
-    """Every window input of the temporal engine takes one frame-engine output as it is."""
-    for position in range(window_size):
-        for name, spec in frame_outputs.items():
-            bound = temporal_inputs.get(slot_input.format(slot=position, output=name))
-            if bound != spec:
-                raise SltnetError(
-                    f"manifest.json: temporal input {slot_input.format(slot=position, output=name)!r} does not take "
-                    f"the frame engine's {name!r} {list(spec.shape)} (export again)"
-                )
+    """Every temporal input in ``sources`` ({input: (what binds it, its spec)}) takes that buffer as it is."""
+    for name, (source, spec) in sources.items():
+        if temporal_inputs.get(name) != spec:
+            raise SltnetError(
+                f"manifest.json: temporal input {name!r} does not take {source} {list(spec.shape)} (export again)"
+            )

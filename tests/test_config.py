@@ -378,7 +378,7 @@ def test_save_config_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
         (["MODEL.RESNETS.DEPTH", "152"], "MODEL.RESNETS.DEPTH must be one of 18, 34, 50, 101, got 152"),
         (
             ["MODEL.RESNETS.DEPTH", "18"],
-            "MODEL.RESNETS.RES2_OUT_CHANNELS must be 64 for MODEL.RESNETS.DEPTH 18, got 256",
+            "MODEL.RESNETS.RES2_OUT_CHANNELS must equal MODEL.RESNETS.STEM_OUT_CHANNELS (64) for MODEL.RESNETS.DEPTH 18, got 256",
         ),
         (
             ["MODEL.RESNETS.DEPTH", "34", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.RESNETS.NUM_GROUPS", "32"],

@@ -22,7 +22,7 @@ from torchvision.models.detection._utils import BoxCoder
 from export.cli import main
 from export.manifest import MANIFEST_FILE, load_manifest
 from export.onnx_export import build_engine_modules
-from export.static_ops import link_tubelets_fixed, masked_nms, pool_fixed, postprocess_fixed
+from export.static_ops import LevelMosaic, build_mosaic, link_tubelets_fixed, masked_nms, pool_mosaic, postprocess_fixed
 from export.tensorrt_build import tensorrt_unavailable
 from export.trt_check import check_model, default_ops_table, load_ops_table
 from runtime.detector import StreamingRuntime
@@ -221,7 +221,7 @@ def test_graphs_are_checker_clean_static_and_named_as_documented(exported):
             assert all(d.HasField("dim_value") for d in value.type.tensor_type.shape.dim), value.name
     frame, temporal = manifest["engines"]["frame"], manifest["engines"]["temporal"]
     assert frame["inputs"] == [{"name": "image", "shape": [1, 3, *exported.frame_size], "dtype": "uint8"}]
-    assert [o["name"] for o in frame["outputs"]] == ["p2", "p3", "p4", "p5", "objectness_logits", "boxes"]
+    assert [o["name"] for o in frame["outputs"]] == ["features", "objectness_logits", "boxes"]
     window = manifest["window"]["size"]
     slot_names = [f"frame{i}_{o['name']}" for i in range(window) for o in frame["outputs"]]
     temporal_inputs = [spec["name"] for spec in temporal["inputs"]]
@@ -243,14 +243,17 @@ def test_long_term_memory_tensors(sequential):
         "num_keyframes": 2,
         "keyframe_interval": 3,
         "rows_per_entry": 16,
-        "rows": 32,
+        "slot_input": "memory{slot}_{part}",
         "feature_dim": 64,
     }
     temporal = manifest["engines"]["temporal"]
     inputs = {spec["name"]: (spec["shape"], spec["dtype"]) for spec in temporal["inputs"]}
-    assert inputs["memory_features"] == ([32, 64], "float32")
-    assert inputs["memory_boxes"] == ([32, 4], "float32")
-    assert inputs["memory_valid"] == ([32], "bool")
+    memory_inputs = [name for name in inputs if name.startswith("memory")]
+    assert memory_inputs == [f"memory{k}_{part}" for k in range(2) for part in ("features", "boxes", "valid")]
+    for k in range(2):
+        assert inputs[f"memory{k}_features"] == ([16, 64], "float32")
+        assert inputs[f"memory{k}_boxes"] == ([16, 4], "float32")
+        assert inputs[f"memory{k}_valid"] == ([16], "bool")
     outputs = {spec["name"]: (spec["shape"], spec["dtype"]) for spec in temporal["outputs"]}
     assert outputs["entry_features"] == ([16, 64], "float32") and outputs["entry_valid"] == ([16], "bool")
 
@@ -296,8 +299,7 @@ def test_frame_engine_matches_pytorch(sequential):
     with torch.no_grad():
         expected = detector.model.frame_outputs(detector.preprocessor.pad(detector.preprocessor(image))[None])
     actual = frame_engine({"image": image[None]})
-    for level, name in zip(expected.features, ["p2", "p3", "p4", "p5"]):
-        torch.testing.assert_close(actual[name], level, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(actual["features"], build_mosaic(expected.features), rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(actual["objectness_logits"], expected.objectness_logits, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(actual["boxes"], expected.boxes, rtol=1e-4, atol=1e-3)
 
@@ -388,10 +390,28 @@ def test_fixed_size_tubelets_and_pooling_equal_the_model():
     torch.testing.assert_close(fixed.boxes[:, :num_tubelets], expected.boxes)
     assert (fixed.boxes[:, num_tubelets:] == 0).all()
 
+
+
+def test_one_roi_align_over_the_level_mosaic_equals_multi_level_pooling():
+    generator = torch.Generator().manual_seed(3)
     pooler = MultiLevelRoIAlign(7, [1 / 4, 1 / 8, 1 / 16], sampling_ratio=2)
     features = [torch.randn((1, 8, 24 // 2**i, 32 // 2**i), generator=generator) for i in range(3)]
-    reference_boxes = random_boxes(generator, [80], 90) * torch.linspace(0.2, 3, 80)[:, None]  # every level
-    torch.testing.assert_close(pool_fixed(pooler, features, reference_boxes), pooler(features, [reference_boxes]))
+    layout = LevelMosaic(tuple(tuple(level.shape[2:]) for level in features))
+    mosaic = build_mosaic(features)
+    assert mosaic.shape == (1, 8, 26, 34 + 18 + 10) == (1, 8, *layout.size)
+    boxes = random_boxes(generator, [80], 90) * torch.linspace(0.2, 3, 80)[:, None]  # every level
+    # Boxes on every image border and the whole image: sampling reaches each level's edge.
+    edges = torch.tensor([[0.0, 0.0, 128.0, 96.0], [0.0, 0.0, 9.0, 7.0], [119.0, 89.0, 128.0, 96.0],
+                          [0.0, 60.0, 128.0, 96.0], [100.0, 0.0, 128.0, 96.0], [0.0, 0.0, 60.0, 60.0]])  # fmt: skip
+    boxes = torch.cat([boxes.clamp(min=0, max=96), edges])
+    expected = pooler(features, [boxes])
+    torch.testing.assert_close(pool_mosaic(pooler, mosaic, layout, boxes), expected, rtol=1e-4, atol=1e-5)
+    # Each level's block holds that level with its border repeated, and nothing bleeds between blocks.
+    for level, offset in zip(features, layout.offsets):
+        height, width = level.shape[2:]
+        block = mosaic[..., : height + 2, offset : offset + width + 2]
+        assert torch.equal(block[..., 1:-1, 1:-1], level)
+        assert torch.equal(block[..., 0, 1:-1], level[..., 0, :]) and torch.equal(block[..., 1:-1, -1], level[..., -1])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -512,7 +532,7 @@ def test_manifest_refuses_a_missing_engine_file(export_copy):
         (None, r"manifest\.json: not found"),
         ("{not json", r"manifest\.json: not valid JSON"),
         ('{"format": "other"}', r"manifest\.json: not an sltnet engine manifest"),
-        ('{"format": "sltnet-engines", "format_version": 99}', r"format_version 99, this sltnet reads 1"),
+        ('{"format": "sltnet-engines", "format_version": 99}', r"format_version 99, this sltnet reads 2"),
     ],
 )
 def test_manifest_refuses_a_bad_manifest(export_copy, content, message):

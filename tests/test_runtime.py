@@ -124,7 +124,7 @@ def test_window_rebinds_slots_and_padding_repeats_the_first_slot(sequential):
     bound = backend.temporal._bound
     frames = video(FRAME_SIZE, num_frames=5)
     runtime.push(frames[0])
-    assert [bound[f"frame{i}_p2"] is runtime.slots[0]["p2"] for i in range(3)] == [True] * 3
+    assert [bound[f"frame{i}_features"] is runtime.slots[0]["features"] for i in range(3)] == [True] * 3
     for t in range(1, 5):
         runtime.push(frames[t])
         window = [max(i, 0) % 3 for i in range(t - 2, t + 1)]
@@ -166,16 +166,26 @@ def test_a_new_video_starts_from_a_clean_state(sequential):
     assert len(runtime.memory) == 0 and [r.frame_index for r in runtime.push(second[0])] == [0]
 
 
-def test_memory_ring_takes_keyframe_entries_round_robin(sequential):
+def test_memory_ring_keeps_keyframe_entries_by_rebinding_the_slot_the_engine_wrote(sequential):
     manifest = load_manifest(sequential)
-    runtime = StreamingRuntime(manifest, onnxruntime_backend(sequential, manifest, num_threads=1))
-    interval, slots = manifest["memory"]["keyframe_interval"], manifest["memory"]["num_keyframes"]
+    backend = onnxruntime_backend(sequential, manifest, num_threads=1)
+    runtime = StreamingRuntime(manifest, backend)
+    bound = backend.temporal._bound
+    interval, num_slots = manifest["memory"]["keyframe_interval"], manifest["memory"]["num_keyframes"]
+    slot_buffers = {id(slot["valid"]) for slot in runtime.memory.slots}
     for t, frame in enumerate(video(FRAME_SIZE)):
+        spare = bound["entry_valid"]
         runtime.push(frame)
         assert runtime.memory.num_writes == t // interval + 1
-    assert len(runtime.memory) == slots
-    valid = runtime.memory.buffers["memory_valid"].view(slots, -1)
-    assert torch.equal(valid[0], runtime.memory.entry["entry_valid"])  # frame 6 wrapped into slot 0
+        inputs = [bound[f"memory{k}_valid"] for k in range(num_slots)]
+        # K inputs and the output are K + 1 distinct ring buffers: no output aliases an input.
+        assert {id(x) for x in [*inputs, bound["entry_valid"]]} == slot_buffers
+        if t % interval == 0:  # a keyframe: the slot the engine wrote is now the newest input
+            assert inputs[-1] is spare and spare.any()
+            assert bound["entry_valid"] is runtime.memory.slots[runtime.memory.order[-1]]["valid"]
+        else:
+            assert bound["entry_valid"] is spare
+    assert len(runtime.memory) == num_slots
 
 
 def test_frame_of_the_wrong_size_and_a_too_low_threshold_are_refused(sequential):

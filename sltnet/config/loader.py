@@ -384,10 +384,10 @@ def _validate_backbone(cfg: CfgNode) -> None:
     resnets = cfg.MODEL.RESNETS
     # ResNet-18/34 use basic blocks: res2 keeps the stem's width and there is no grouped conv.
     if resnets.DEPTH in (18, 34):
-        if resnets.RES2_OUT_CHANNELS != 64:
+        if resnets.RES2_OUT_CHANNELS != resnets.STEM_OUT_CHANNELS:
             raise SltnetError(
-                f"MODEL.RESNETS.RES2_OUT_CHANNELS must be 64 for MODEL.RESNETS.DEPTH {resnets.DEPTH}, "
-                f"got {resnets.RES2_OUT_CHANNELS}"
+                f"MODEL.RESNETS.RES2_OUT_CHANNELS must equal MODEL.RESNETS.STEM_OUT_CHANNELS "
+                f"({resnets.STEM_OUT_CHANNELS}) for MODEL.RESNETS.DEPTH {resnets.DEPTH}, got {resnets.RES2_OUT_CHANNELS}"
             )
         if resnets.NUM_GROUPS != 1:
             raise SltnetError(f"MODEL.RESNETS.NUM_GROUPS must be 1 for MODEL.RESNETS.DEPTH {resnets.DEPTH}")

@@ -616,24 +616,19 @@ def frame_file_name(video: str, frame: int) -> str:
     return f"{video}/{frame:06d}.jpg"
 
 
-def _mp4_codec() -> str:
-    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
-
-
 def write_mp4(frames: Iterable[np.ndarray], path: str, fps: int) -> None:
-    """Encode [S, S, 3] uint8 RGB frames to an mp4 (H.264 when PyAV has libx264, else MPEG-4 part 2).
+    """Encode [S, S, 3] uint8 RGB frames to an MPEG-4 part 2 mp4.
 
-    Bit-exact flags keep version strings and timestamps out and one encoder thread keeps the
-    encoder's decisions from depending on the machine, so the bytes are reproducible.
+    MPEG-4 part 2 rather than H.264: libx264's bytes were seen to differ between runs on one machine
+    when several videos were encoded at once, and the benchmark promises the same bytes for the same
+    arguments. Bit-exact flags keep version strings and timestamps out.
     """
-    codec = _mp4_codec()
-    codec_options = {"flags": "+bitexact", "threads": "1"}
-    codec_options.update({"crf": "20"} if codec == "libx264" else {"qscale": "3"})
+    codec_options = {"flags": "+bitexact", "threads": "1", "qscale": "3"}
     with av.open(path, "w", format="mp4", options={"fflags": "+bitexact"}) as container:
         stream = None
         for image in frames:
             if stream is None:
-                stream = container.add_stream(codec, rate=fps, options=codec_options)
+                stream = container.add_stream("mpeg4", rate=fps, options=codec_options)
                 stream.height, stream.width = image.shape[:2]
                 stream.pix_fmt = "yuv420p"
             container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))

@@ -16,7 +16,7 @@ Every BatchNorm is a ``FrozenBatchNorm2d``: fixed statistics and affine paramete
 import os
 import re
 from collections import OrderedDict
-from typing import Dict, Sequence, Type, Union
+from typing import Dict, Optional, Sequence, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -70,6 +70,9 @@ class ResNet(nn.Module):
         width_per_group: channels per group in ``res2`` (8 for ResNeXt-101 32x8d); doubles per stage.
         stride_in_1x1: downsample in the first 1x1 convolution of a bottleneck (MSRA weights).
         stem_out_channels: channels of the stem output.
+        res2_out_channels: channels of ``res2``'s output, doubling per stage: 256 for bottleneck
+            networks; for basic-block networks the stem's width (64 in ResNet-18/34, less for a
+            narrower network).
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class ResNet(nn.Module):
         width_per_group: int = 64,
         stride_in_1x1: bool = True,
         stem_out_channels: int = 64,
+        res2_out_channels: Optional[int] = None,
     ) -> None:
         super().__init__()
         self.depth = depth
@@ -88,13 +92,15 @@ class ResNet(nn.Module):
             block: Type[Union[BasicBlock, Bottleneck]] = MsraBottleneck if stride_in_1x1 else Bottleneck
         else:
             block = BasicBlock
+        if res2_out_channels is None:
+            res2_out_channels = 64 * block.expansion
         self.stem = BasicStem(stem_out_channels)
         self.out_channels: Dict[str, int] = {}
         in_channels = stem_out_channels
         num_stages = max(STAGE_NAMES.index(name) for name in self.out_features) + 1
         self.stage_names = list(STAGE_NAMES[:num_stages])
         for index, (name, num_blocks) in enumerate(zip(self.stage_names, STAGE_BLOCKS[depth])):
-            planes = 64 * 2**index
+            planes = res2_out_channels // block.expansion * 2**index
             stride = 1 if index == 0 else 2
             out_channels = planes * block.expansion
             blocks = []
@@ -228,10 +234,12 @@ def build_backbone(cfg: CfgNode) -> FPNBackbone:
         raise SltnetError(f"MODEL.RESNETS.DEPTH: must be one of {sorted(STAGE_BLOCKS)}, got {depth}")
     if resnets.NORM != "FrozenBN":
         raise SltnetError(f"MODEL.RESNETS.NORM: only 'FrozenBN' is supported, got {resnets.NORM!r}")
-    res2_channels = 64 if depth < 50 else 256
+    # Basic blocks: res2 keeps the stem's width (no projection); bottlenecks: 4 x 64 channels.
+    res2_channels = resnets.STEM_OUT_CHANNELS if depth < 50 else 256
     if resnets.RES2_OUT_CHANNELS != res2_channels:
         got = resnets.RES2_OUT_CHANNELS
-        raise SltnetError(f"MODEL.RESNETS.RES2_OUT_CHANNELS: must be {res2_channels} for depth {depth}, got {got}")
+        need = f"MODEL.RESNETS.STEM_OUT_CHANNELS ({res2_channels})" if depth < 50 else str(res2_channels)
+        raise SltnetError(f"MODEL.RESNETS.RES2_OUT_CHANNELS: must be {need} for depth {depth}, got {got}")
     if depth < 50 and (resnets.NUM_GROUPS != 1 or resnets.WIDTH_PER_GROUP != 64):
         raise SltnetError(f"MODEL.RESNETS: depth {depth} needs NUM_GROUPS 1 and WIDTH_PER_GROUP 64")
     unknown = [name for name in cfg.MODEL.FPN.IN_FEATURES if name not in resnets.OUT_FEATURES]
@@ -244,6 +252,7 @@ def build_backbone(cfg: CfgNode) -> FPNBackbone:
         width_per_group=resnets.WIDTH_PER_GROUP,
         stride_in_1x1=resnets.STRIDE_IN_1X1,
         stem_out_channels=resnets.STEM_OUT_CHANNELS,
+        res2_out_channels=resnets.RES2_OUT_CHANNELS,
     )
     if cfg.MODEL.BACKBONE.PRETRAINED:
         bottom_up.load_pretrained(cfg.MODEL.BACKBONE.PRETRAINED)
