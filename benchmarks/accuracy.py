@@ -1,12 +1,17 @@
 """Accuracy of the baseline and the SLTnet variants on one ST-COCO split, in one table.
 
-    python benchmarks/accuracy.py [--dataset synth_small_val] [--json results.json] [--markdown table.md]
+    python benchmarks/accuracy.py [--dataset synth_small_val] [--row NAME=CONFIG,WEIGHTS[,KEY=VALUE...]]
+                                  [--engine DIR ...] [--backend onnxruntime torch ...] [--threads N]
+                                  [--json results.json] [--markdown table.md]
 
-Each row is a config and its trained weights (see ROWS; ``--row NAME=CONFIG,WEIGHTS[,KEY=VALUE...]``
-replaces them). Every row runs in video order through the PyTorch streaming detector and is scored
-with the project's metrics: VID mAP@0.5, mAP by motion speed, COCO AP, and mAP@0.5 on the synthetic
-benchmark's *hidden* frames (boxes whose class evidence is hidden; other boxes ignored), where a
-single frame cannot tell the class. Rows whose weights are missing are listed as skipped.
+PyTorch rows are a config and its trained weights (see ROWS; ``--row`` replaces them), run in video
+order through the PyTorch streaming detector. Engine rows stream the same split through each export
+folder (``--engine``, default: the small exports under output/engines that exist) on each
+``--backend``, with the runtime's bookkeeping (``runtime.detector.StreamingRuntime``). Every row is
+scored with the project's metrics: VID mAP@0.5, mAP by motion speed, COCO AP, and mAP@0.5 on the
+synthetic benchmark's *hidden* frames (boxes whose class evidence is hidden; other boxes ignored),
+where a single frame cannot tell the class. Rows whose weights or backend are missing are listed as
+skipped.
 """
 
 import argparse
@@ -18,7 +23,13 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
 
+from fps import machine_info
+
+from export.manifest import load_manifest
+from runtime.detector import StreamingRuntime
+from runtime.engines import open_backend
 from sltnet.atomic_io import atomic_write_text
 from sltnet.config import load_config
 from sltnet.data.catalog import DatasetCatalog, load_dataset
@@ -26,9 +37,11 @@ from sltnet.data.records import StCocoDataset
 from sltnet.data.stcoco import read_stcoco_json
 from sltnet.evaluation import evaluate, parse_detections
 from sltnet.evaluation.detections import Detections
-from sltnet.evaluation.inference import detect_dataset
+from sltnet.errors import SltnetError
+from sltnet.evaluation.inference import Streamer, coco_results, stream_dataset
 from sltnet.evaluation.report import subset_map
 from sltnet.modeling.build import build_model
+from sltnet.modeling.streaming import StreamingDetector
 
 
 @dataclass
@@ -54,7 +67,12 @@ ROWS = [
     ),
     Row("+ double head = SLTnet sequential", SMALL.format("sltnet_sequential"), SMALL_WEIGHTS.format("sltnet_sequential")),
     Row("SLTnet symmetric", SMALL.format("sltnet_symmetric"), SMALL_WEIGHTS.format("sltnet_symmetric")),
+    # What `python3 dev.py demo` runs: the sequential weights above, stored in float16.
+    Row("SLTnet sequential, shipped float16 weights", SMALL.format("sltnet_sequential"),
+        "sltnet/weights/small_sltnet_sequential_fp16.pt"),
 ]
+ENGINES = ["output/engines/small_baseline", "output/engines/small_sltnet_sequential", "output/engines/small_sltnet_symmetric"]
+MODE_NAMES = {"single_frame": "baseline (single frame)", "sequential": "SLTnet sequential", "symmetric": "SLTnet symmetric"}
 
 
 def parse_row(text: str) -> Row:
@@ -76,18 +94,15 @@ def hidden_frame_map(dataset: StCocoDataset, detections: Detections) -> Optional
     return subset_map(dataset, detections, counted)
 
 
-def score_row(row: Row, dataset: StCocoDataset) -> Dict:
-    cfg = load_config(row.config, ["MODEL.WEIGHTS", row.weights, *row.overrides])
+def score_streamer(name: str, streamer: Streamer, dataset: StCocoDataset) -> Dict:
+    """Stream ``dataset`` through ``streamer`` and score it."""
     start = time.perf_counter()
-    results = detect_dataset(build_model(cfg), cfg, dataset, progress=True)
+    results = coco_results(stream_dataset(streamer, dataset, description=name), dataset.category_ids)
     seconds = time.perf_counter() - start
-    detections = parse_detections(results, dataset, row.name)
+    detections = parse_detections(results, dataset, name)
     metrics = evaluate(dataset, detections)
     return {
-        "name": row.name,
-        "config": row.config,
-        "weights": row.weights,
-        "overrides": list(row.overrides),
+        "name": name,
         "mAP50": metrics["vid"]["mAP"],
         "slow": metrics["motion"]["slow"]["mAP"],
         "medium": metrics["motion"]["medium"]["mAP"],
@@ -98,6 +113,26 @@ def score_row(row: Row, dataset: StCocoDataset) -> Dict:
     }
 
 
+def score_row(row: Row, dataset: StCocoDataset) -> Dict:
+    """A PyTorch row: the model of ``row`` in the streaming detector."""
+    cfg = load_config(row.config, ["MODEL.WEIGHTS", row.weights, *row.overrides])
+    scores = score_streamer(row.name, StreamingDetector.from_config(build_model(cfg), cfg), dataset)
+    return {**scores, "backend": "pytorch", "config": row.config, "weights": row.weights, "overrides": list(row.overrides)}
+
+
+def score_engine(engine: str, backend_name: str, dataset: StCocoDataset, threads: Optional[int]) -> Dict:
+    """An engine row: the export folder ``engine`` on one backend (skipped when it cannot run here)."""
+    manifest = load_manifest(engine)
+    name = f"{MODE_NAMES[manifest['mode']]}, {backend_name}"
+    try:
+        device = None if backend_name == "tensorrt" else "cpu"
+        backend = open_backend(backend_name, engine, manifest, device=device, num_threads=threads)
+    except SltnetError as err:
+        return {"name": name, "backend": backend_name, "engine": engine, "skipped": str(err)}
+    scores = score_streamer(name, StreamingRuntime(manifest, backend), dataset)
+    return {**scores, "backend": backend.description, "engine": engine}
+
+
 def _percent(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
@@ -106,15 +141,15 @@ def markdown_table(rows: List[Dict], dataset_name: str) -> str:
     lines = [
         f"Dataset `{dataset_name}`; mAP@0.5 (VID rule), by motion speed, on hidden frames, and COCO AP, in %.",
         "",
-        "| model | mAP@0.5 | slow | medium | fast | hidden frames | COCO AP |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | run by | mAP@0.5 | slow | medium | fast | hidden frames | COCO AP |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         if "skipped" in row:
-            lines.append(f"| {row['name']} | skipped: {row['skipped']} | | | | | |")
+            lines.append(f"| {row['name']} | {row.get('backend', '')} | skipped: {row['skipped']} | | | | | |")
             continue
         values = [row[key] for key in ("mAP50", "slow", "medium", "fast", "hidden_mAP50", "coco_AP")]
-        lines.append(f"| {row['name']} | " + " | ".join(_percent(v) for v in values) + " |")
+        lines.append(f"| {row['name']} | {row['backend']} | " + " | ".join(_percent(v) for v in values) + " |")
     return "\n".join(lines)
 
 
@@ -122,10 +157,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="synth_small_val", help="catalog name of the split to score")
     parser.add_argument("--row", action="append", type=parse_row, help="NAME=CONFIG,WEIGHTS[,KEY=VALUE...]")
+    parser.add_argument("--engine", action="append", metavar="DIR", help="export folder (repeatable)")
+    parser.add_argument("--backend", nargs="+", default=["onnxruntime", "torch"], help="backends of the engine rows")
+    parser.add_argument("--threads", type=int, help="intra-op threads of PyTorch and onnxruntime (default: theirs)")
     parser.add_argument("--json", help="write the rows as JSON")
     parser.add_argument("--markdown", help="write the table as Markdown")
     args = parser.parse_args()
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     dataset = load_dataset(args.dataset, DatasetCatalog())
     rows = []
     for row in args.row or ROWS:
@@ -134,10 +174,21 @@ def main() -> None:
             continue
         print(f"== {row.name}: {row.config} {row.weights} {' '.join(row.overrides)}", flush=True)
         rows.append(score_row(row, dataset))
+    engines = args.engine or [engine for engine in ENGINES if (Path(engine) / "manifest.json").is_file()]
+    for engine in engines:
+        for backend in args.backend:
+            print(f"== {engine} on {backend}", flush=True)
+            rows.append(score_engine(engine, backend, dataset, args.threads))
     table = markdown_table(rows, args.dataset)
     print(table)
     if args.json:
-        atomic_write_text(args.json, json.dumps({"dataset": args.dataset, "command": " ".join(sys.argv), "rows": rows}, indent=2))
+        report = {
+            "dataset": args.dataset,
+            "machine": machine_info(torch.get_num_threads(), sys.argv),
+            "rows": rows,
+            "markdown": table,
+        }
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     if args.markdown:
         atomic_write_text(args.markdown, table + "\n")
 

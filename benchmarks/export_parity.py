@@ -16,13 +16,11 @@ whose values differ, so both sides compute the same thing.
 
 import argparse
 import json
-import os
 import sys
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from export.manifest import load_manifest
 from runtime.detector import StreamingRuntime
@@ -31,33 +29,15 @@ from sltnet.atomic_io import atomic_write_text
 from sltnet.cli import ArgumentParser, console_entry
 from sltnet.config import load_config
 from sltnet.data.catalog import DatasetCatalog, load_dataset
-from sltnet.data.records import StCocoDataset
-from sltnet.data.transforms import read_image
 from sltnet.errors import SltnetError
 from sltnet.evaluation import evaluate
 from sltnet.evaluation.detections import Detections
+from sltnet.evaluation.inference import stream_dataset
 from sltnet.modeling.build import build_model
 from sltnet.modeling.streaming import FrameResult, StreamingDetector
 
 MAX_MAP_DIFFERENCE = 0.2  # points of mAP@0.5
 MIN_SAME_COUNT_SHARE = 0.99
-
-
-def stream_dataset(
-    detector: Union[StreamingDetector, StreamingRuntime], dataset: StCocoDataset, description: str
-) -> Dict[int, FrameResult]:
-    """Every frame's result, by COCO image id (videos in order, each from a cleared state)."""
-    results: Dict[int, FrameResult] = {}
-    with tqdm(total=len(dataset), desc=description, unit="frame") as bar:
-        for video in dataset.videos:
-            detector.reset()
-            answered: List[FrameResult] = []
-            for frame in video.frames:
-                answered += detector.push(read_image(os.path.join(dataset.image_root, frame.file_name)))
-                bar.update(1)
-            answered += detector.flush()
-            results.update({video.frames[r.frame_index].image_id: r for r in answered})
-    return results
 
 
 def as_detections(results: Dict[int, FrameResult]) -> Detections:
@@ -119,9 +99,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _check_same_setup(manifest, cfg)
     dataset = load_dataset(args.dataset, DatasetCatalog())
 
-    reference = stream_dataset(StreamingDetector.from_config(build_model(cfg), cfg), dataset, "pytorch")
+    reference = stream_dataset(StreamingDetector.from_config(build_model(cfg), cfg), dataset, description="pytorch")
     backend = onnxruntime_backend(args.engine, manifest, num_threads=args.threads)
-    exported = stream_dataset(StreamingRuntime(manifest, backend), dataset, "onnxruntime")
+    exported = stream_dataset(StreamingRuntime(manifest, backend), dataset, description="onnxruntime")
 
     report = {
         "dataset": args.dataset,

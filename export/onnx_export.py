@@ -202,7 +202,10 @@ def build_engine_modules(model: Union[SLTnet, FasterRCNN], cfg: CfgNode, input_s
         anchors_per_level, mosaic = frame.layout(image)
     resized_size = frame.resized_size(input_size)
     temporal = TemporalEngine(model, anchors_per_level, mosaic, resized_size, cfg.MODEL.SPATIOTEMPORAL.NUM_KEYFRAMES)
-    temporal_inputs: List[Tensor] = list(frame_outputs) * temporal.window_size
+    by_name = dict(zip(frame.output_names, frame_outputs))
+    temporal_inputs: List[Tensor] = [
+        by_name[output] for slot in range(temporal.window_size) for output in temporal.slot_outputs(slot)
+    ]
     temporal_inputs += _example_memory(temporal, frame_outputs[-1])
     return EngineModules(frame, temporal, tuple(input_size), resized_size, [image], temporal_inputs)
 

@@ -46,16 +46,19 @@ MAX_NMS_BOXES = 5000
 
 
 class _NonMaxSuppression(torch.autograd.Function):
-    """torchvision's ``nms``, exported as ONNX ``NonMaxSuppression`` with every parameter constant:
-    3-D boxes [1, n, 4] and scores [1, 1, n], ``max_output_boxes_per_class`` = n (not int64's
-    maximum, which TensorRT's int32 parameter cannot hold) and the IoU threshold."""
+    """torchvision's ``nms`` keeping the best ``max_kept`` survivors, exported as ONNX
+    ``NonMaxSuppression`` with every parameter constant: 3-D boxes [1, n, 4] and scores [1, 1, n],
+    ``max_output_boxes_per_class`` = ``max_kept`` (at most n, never int64's maximum, which
+    TensorRT's int32 parameter cannot hold) and the IoU threshold. Greedy NMS picks survivors in
+    score order, so its first ``max_kept`` picks are exactly the best ``max_kept`` survivors, and
+    it stops there."""
 
     @staticmethod
-    def forward(ctx, boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:  # type: ignore[override]
-        return nms(boxes, scores, iou_threshold)
+    def forward(ctx, boxes: Tensor, scores: Tensor, iou_threshold: float, max_kept: int) -> Tensor:  # type: ignore[override]
+        return nms(boxes, scores, iou_threshold)[:max_kept]
 
     @staticmethod
-    def symbolic(g, boxes, scores, iou_threshold: float):  # type: ignore[no-untyped-def]
+    def symbolic(g, boxes, scores, iou_threshold: float, max_kept: int):  # type: ignore[no-untyped-def]
         num_boxes = boxes.type().sizes()[0]
         boxes_3d = g.op("Reshape", boxes, g.op("Constant", value_t=torch.tensor([1, num_boxes, 4])))
         scores_3d = g.op("Reshape", scores, g.op("Constant", value_t=torch.tensor([1, 1, num_boxes])))
@@ -63,7 +66,7 @@ class _NonMaxSuppression(torch.autograd.Function):
             "NonMaxSuppression",
             boxes_3d,
             scores_3d,
-            g.op("Constant", value_t=torch.tensor([num_boxes], dtype=torch.int64)),
+            g.op("Constant", value_t=torch.tensor([min(max_kept, num_boxes)], dtype=torch.int64)),
             g.op("Constant", value_t=torch.tensor([iou_threshold], dtype=torch.float32)),
         )  # [n_kept, 3] rows of (batch, class, box index)
         return g.op("Gather", selected, g.op("Constant", value_t=torch.tensor(2)), axis_i=1)
@@ -89,7 +92,8 @@ def masked_nms(
     scores = torch.where(valid, scores, torch.full_like(scores, -math.inf))
     # torchvision's batched_nms offset: with invalid boxes at 0 the maximum is the valid boxes' one.
     offsets = groups.to(boxes.dtype) * (boxes.max() + 1)
-    survivors = _NonMaxSuppression.apply(boxes + offsets[:, None], scores, iou_threshold)
+    # Only the best k survivors are needed: NMS stops once it has them.
+    survivors = _NonMaxSuppression.apply(boxes + offsets[:, None], scores, iou_threshold, k)
     kept = torch.zeros_like(scores).scatter(0, survivors, torch.ones_like(survivors, dtype=scores.dtype)) > 0
     kept = kept & valid
     ranked = torch.where(kept, scores, torch.full_like(scores, -math.inf)).topk(k).indices
@@ -109,8 +113,8 @@ class FixedTubelets(NamedTuple):
 
 
 def link_tubelets_fixed(
-    boxes: Tensor,
-    logits: Tensor,
+    frame_boxes: Sequence[Tensor],
+    reference_logits: Tensor,
     num_anchors_per_level: Sequence[int],
     reference_index: int,
     image_size: Tuple[int, int],
@@ -121,17 +125,20 @@ def link_tubelets_fixed(
 ) -> FixedTubelets:
     """:func:`sltnet.modeling.tubelets.link_tubelets` with R = min(``post_nms_topk``, candidates) slots.
 
-    Args: as :func:`~sltnet.modeling.tubelets.link_tubelets`.
+    Args:
+        frame_boxes: the N window frames' per-anchor boxes [A, 4] (the frame engine's outputs).
+        reference_logits: [A] objectness logits of the reference frame (the only ones linking uses).
+        Other arguments as :func:`~sltnet.modeling.tubelets.link_tubelets`.
     """
-    clipped, valid_in_window = clip_window_boxes(boxes, image_size, min_size)
-    reference_logits = logits[reference_index]
     indices, levels = top_anchors_per_level(reference_logits[None], num_anchors_per_level, pre_nms_topk)
     indices = indices[0]
     scores = reference_logits[indices]
-    candidates = valid_in_window[indices] & torch.isfinite(scores)
+    # Clipping only the candidates' boxes: the same values as clipping all A anchors, far less work.
+    clipped, valid_in_window = clip_window_boxes(torch.stack([b[indices] for b in frame_boxes]), image_size, min_size)
+    candidates = valid_in_window & torch.isfinite(scores)
     num_slots = min(post_nms_topk, len(indices))
-    order, valid = masked_nms(clipped[reference_index, indices], scores, levels, candidates, nms_thresh, num_slots)
-    tubelet_boxes = clipped[:, indices[order]]
+    order, valid = masked_nms(clipped[reference_index], scores, levels, candidates, nms_thresh, num_slots)
+    tubelet_boxes = clipped[:, order]
     return FixedTubelets(torch.where(valid[None, :, None], tubelet_boxes, torch.zeros_like(tubelet_boxes)), valid)
 
 

@@ -3,9 +3,10 @@
 Inputs, every one a separate tensor so the runtime rotates the window by re-binding buffers:
 
 - per window slot i (N slots sequential, 2N + 1 symmetric, 1 for the single-frame baseline; slot
-  order = time order, the reference at ``reference_position``): ``frame{i}_<name>`` for each
-  frame-engine output ``<name>``: ``frame{i}_features`` [1, C, H_m, W_m] (the levels' mosaic),
-  ``frame{i}_objectness_logits`` [A], ``frame{i}_boxes`` [A, 4];
+  order = time order, the reference at ``reference_position``): ``frame{i}_<name>`` for the
+  frame-engine outputs ``<name>`` it uses: ``frame{i}_features`` [1, C, H_m, W_m] (the levels'
+  mosaic) and ``frame{i}_boxes`` [A, 4] of every slot, ``frame{i}_objectness_logits`` [A] of the
+  reference slot only;
 - with long-term attention, per memory slot k of K (``NUM_KEYFRAMES``): ``memory{k}_features``
   [P, d], ``memory{k}_boxes`` [P, 4] and ``memory{k}_valid`` [P] bool, one keyframe's entry each
   (slot and row order do not matter; invalid rows are ignored).
@@ -91,10 +92,15 @@ class TemporalEngine(nn.Module):
         """d, the width of memory features (SLTnet only)."""
         return self.model.st_cls_predictor.cls_score.in_features
 
+    def slot_outputs(self, slot: int) -> List[str]:
+        """The frame-engine outputs window slot ``slot`` binds: features and boxes of every frame; the
+        objectness logits only of the reference frame, the one tubelet linking ranks anchors by."""
+        logits = [OBJECTNESS_LOGITS] if slot == self.reference_position else []
+        return [FEATURES, *logits, ANCHOR_BOXES]
+
     @property
     def input_names(self) -> List[str]:
-        frame_outputs = [FEATURES, OBJECTNESS_LOGITS, ANCHOR_BOXES]
-        names = [slot_input_name(slot, output) for slot in range(self.window_size) for output in frame_outputs]
+        names = [slot_input_name(slot, output) for slot in range(self.window_size) for output in self.slot_outputs(slot)]
         return names + [memory_input_name(slot, part) for slot in range(self.num_keyframes) for part in MEMORY_PARTS]
 
     @property
@@ -112,10 +118,11 @@ class TemporalEngine(nn.Module):
     def forward(self, *inputs: Tensor) -> Tuple[Tensor, ...]:
         """Inputs and outputs in the order of :attr:`input_names` and :attr:`output_names`."""
         model, rpn, roi_heads = self.model, self.model.rpn, self.model.roi_heads
-        slots = [inputs[i * 3 : (i + 1) * 3] for i in range(self.window_size)]  # features, logits, boxes
+        named = dict(zip(self.input_names, inputs))
+        features = [named[slot_input_name(slot, FEATURES)] for slot in range(self.window_size)]
         tubelets = link_tubelets_fixed(
-            torch.stack([slot[2] for slot in slots]),
-            torch.stack([slot[1] for slot in slots]),
+            [named[slot_input_name(slot, ANCHOR_BOXES)] for slot in range(self.window_size)],
+            named[slot_input_name(self.reference_position, OBJECTNESS_LOGITS)],
             self.num_anchors_per_level,
             self.reference_position,
             self.image_size,
@@ -125,18 +132,20 @@ class TemporalEngine(nn.Module):
             rpn.min_size,
         )
         pooled = [
-            pool_mosaic(roi_heads.box_pooler, slot[0], self.mosaic, frame_boxes)
-            for slot, frame_boxes in zip(slots, tubelets.boxes)
+            pool_mosaic(roi_heads.box_pooler, frame_features, self.mosaic, frame_boxes)
+            for frame_features, frame_boxes in zip(features, tubelets.boxes)
         ]
         reference_rois = pooled[self.reference_position]
         reference_boxes = tubelets.boxes[self.reference_position]
         if self.temporal:
             if self.long_term:  # the K slots' rows side by side: [K·P, d], [K·P, 4], [K·P]
-                memory_slots = inputs[self.window_size * 3 :]
-                memory = tuple(torch.cat(memory_slots[part :: len(MEMORY_PARTS)]) for part in range(len(MEMORY_PARTS)))
+                memory = tuple(
+                    torch.cat([named[memory_input_name(slot, part)] for slot in range(self.num_keyframes)])
+                    for part in MEMORY_PARTS
+                )
             else:
                 memory = self.empty_entry(reference_boxes)
-            aggregated = model.aggregation(torch.stack(pooled), self.reference_position)
+            aggregated = model.aggregation(pooled, self.reference_position)
             probs, box_deltas, entry_features = model.score_tubelets(
                 reference_rois, aggregated, reference_boxes, *memory, valid=tubelets.valid
             )

@@ -156,11 +156,22 @@ class StreamingRuntime:
         frame_outputs = manifest_specs(manifest["engines"]["frame"]["outputs"])
         temporal_inputs = manifest_specs(manifest["engines"]["temporal"]["inputs"])
         temporal_outputs = manifest_specs(manifest["engines"]["temporal"]["outputs"])
-        sources = {
-            self.slot_input.format(slot=position, output=name): (f"the frame engine's {name!r}", spec)
+        # Per window position, the (frame output, temporal input) pairs it binds: the engine takes
+        # only the outputs it uses (the objectness logits of the reference frame alone).
+        self._slot_bindings = [
+            [
+                (name, self.slot_input.format(slot=position, output=name))
+                for name in frame_outputs
+                if self.slot_input.format(slot=position, output=name) in temporal_inputs
+            ]
             for position in range(self.window_size)
-            for name, spec in frame_outputs.items()
+        ]
+        sources = {
+            input_name: (f"the frame engine's {name!r}", frame_outputs[name])
+            for bindings in self._slot_bindings
+            for name, input_name in bindings
         }
+
         if memory["long_term"]:
             sources.update(
                 {
@@ -278,8 +289,9 @@ class StreamingRuntime:
         temporal = self.backend.temporal
         indices = window_indices(reference, self._num_frames, self.num_frames, self.symmetric)
         for position, index in enumerate(indices):
-            for name, tensor in self.slots[index % self.window_size].items():
-                temporal.bind(self.slot_input.format(slot=position, output=name), tensor)
+            slot = self.slots[index % self.window_size]
+            for name, input_name in self._slot_bindings[position]:
+                temporal.bind(input_name, slot[name])
         with self._timer("temporal_engine"):
             temporal.run()
         if self.memory is not None and self.memory.update(reference):

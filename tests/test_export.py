@@ -222,14 +222,18 @@ def test_graphs_are_checker_clean_static_and_named_as_documented(exported):
     frame, temporal = manifest["engines"]["frame"], manifest["engines"]["temporal"]
     assert frame["inputs"] == [{"name": "image", "shape": [1, 3, *exported.frame_size], "dtype": "uint8"}]
     assert [o["name"] for o in frame["outputs"]] == ["features", "objectness_logits", "boxes"]
-    window = manifest["window"]["size"]
-    slot_names = [f"frame{i}_{o['name']}" for i in range(window) for o in frame["outputs"]]
+    window, reference = manifest["window"]["size"], manifest["window"]["reference_position"]
+    # Every slot takes features and boxes; only the reference slot the logits that rank its anchors.
+    slot_names = [
+        f"frame{i}_{name}"
+        for i in range(window)
+        for name in (["features", "objectness_logits", "boxes"] if i == reference else ["features", "boxes"])
+    ]
     temporal_inputs = [spec["name"] for spec in temporal["inputs"]]
     assert temporal_inputs[: len(slot_names)] == slot_names
-    for i in range(window):  # every slot binds the frame engine's buffers unchanged
-        for spec in frame["outputs"]:
-            slot = next(s for s in temporal["inputs"] if s["name"] == f"frame{i}_{spec['name']}")
-            assert (slot["shape"], slot["dtype"]) == (spec["shape"], spec["dtype"])
+    frame_specs = {spec["name"]: (spec["shape"], spec["dtype"]) for spec in frame["outputs"]}
+    for spec in temporal["inputs"][: len(slot_names)]:  # slots bind the frame engine's buffers unchanged
+        assert (spec["shape"], spec["dtype"]) == frame_specs[spec["name"].split("_", 1)[1]]
     outputs = {o["name"]: (o["shape"], o["dtype"]) for o in temporal["outputs"]}
     assert outputs["det_boxes"] == ([50, 4], "float32") and outputs["det_classes"] == ([50], "int64")
     assert outputs["det_count"] == ([1], "int64")
@@ -384,7 +388,7 @@ def test_fixed_size_tubelets_and_pooling_equal_the_model():
     logits = torch.randn((3, sum(num_anchors_per_level)), generator=generator)
     arguments = (num_anchors_per_level, 2, (96, 128), 100, 40, 0.7, 0.0)
     expected = link_tubelets(boxes, logits, *arguments)
-    fixed = link_tubelets_fixed(boxes, logits, *arguments)
+    fixed = link_tubelets_fixed(list(boxes), logits[arguments[1]], *arguments)
     num_tubelets = len(expected.scores)
     assert fixed.valid.tolist() == [True] * num_tubelets + [False] * (len(fixed.valid) - num_tubelets)
     torch.testing.assert_close(fixed.boxes[:, :num_tubelets], expected.boxes)

@@ -1,16 +1,67 @@
-"""Run a model over a dataset in video order and collect COCO-format results."""
+"""Run a streaming detector over a dataset in video order and collect COCO-format results."""
 
 import os
-from typing import List, Optional, Union
+from typing import Dict, List, Optional, Protocol, Sequence, Union
 
+from torch import Tensor
 from tqdm import tqdm
 from yacs.config import CfgNode
 
-from sltnet.data.records import FrameRecord, StCocoDataset
+from sltnet.data.records import StCocoDataset
 from sltnet.data.transforms import read_image
 from sltnet.modeling.baseline import FasterRCNN
 from sltnet.modeling.sltnet import SLTnet
 from sltnet.modeling.streaming import FrameResult, StreamingDetector
+
+
+class Streamer(Protocol):
+    """What streams a video: the PyTorch ``StreamingDetector`` or the engines' ``StreamingRuntime``."""
+
+    def reset(self) -> None: ...
+
+    def push(self, image: Tensor) -> List[FrameResult]: ...
+
+    def flush(self) -> List[FrameResult]: ...
+
+
+def stream_dataset(
+    streamer: Streamer, dataset: StCocoDataset, progress: bool = True, description: str = "inference"
+) -> Dict[int, FrameResult]:
+    """Stream every video of ``dataset`` (DESIGN A.2 order and padding), each from a cleared state.
+
+    Returns:
+        every frame's result, by COCO image id.
+    """
+    results: Dict[int, FrameResult] = {}
+    with tqdm(total=len(dataset), desc=description, unit="frame", disable=not progress) as bar:
+        for video in dataset.videos:
+            streamer.reset()
+            answered: List[FrameResult] = []
+            for frame in video.frames:
+                answered += streamer.push(read_image(os.path.join(dataset.image_root, frame.file_name)))
+                bar.update(1)
+            answered += streamer.flush()
+            results.update({video.frames[r.frame_index].image_id: r for r in answered})
+    return results
+
+
+def coco_results(results: Dict[int, FrameResult], category_ids: Sequence[int]) -> List[dict]:
+    """``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` per detection, with the
+    dataset's own category ids (``category_ids[k]`` of class k)."""
+    entries = []
+    for image_id, result in results.items():
+        for (x1, y1, x2, y2), score, label in zip(
+            result.boxes.tolist(), result.scores.tolist(), result.classes.tolist()
+        ):
+            entries.append(
+                {
+                    "image_id": image_id,
+                    "category_id": category_ids[int(label)],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": float(score),
+                }
+            )
+    return entries
 
 
 def detect_dataset(
@@ -20,35 +71,6 @@ def detect_dataset(
     progress: bool = True,
     score_thresh: Optional[float] = None,
 ) -> List[dict]:
-    """Stream every video of ``dataset`` through the model (DESIGN A.2 order and padding).
-
-    Returns:
-        COCO results: ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` with the
-        dataset's own image and category ids, one entry per detection.
-    """
+    """The PyTorch model's COCO results on every frame of ``dataset`` (see :func:`coco_results`)."""
     detector = StreamingDetector.from_config(model, cfg, score_thresh)
-    results: List[dict] = []
-    with tqdm(total=len(dataset), desc="inference", unit="frame", disable=not progress) as bar:
-        for video in dataset.videos:
-            detector.reset()
-            for frame in video.frames:
-                image = read_image(os.path.join(dataset.image_root, frame.file_name))
-                for result in detector.push(image):
-                    results += _coco_results(video.frames[result.frame_index], result, dataset.category_ids)
-                bar.update(1)
-            for result in detector.flush():
-                results += _coco_results(video.frames[result.frame_index], result, dataset.category_ids)
-    return results
-
-
-def _coco_results(frame: FrameRecord, result: FrameResult, category_ids: List[int]) -> List[dict]:
-    boxes = result.boxes.tolist()
-    return [
-        {
-            "image_id": frame.image_id,
-            "category_id": category_ids[int(label)],
-            "bbox": [x1, y1, x2 - x1, y2 - y1],
-            "score": float(score),
-        }
-        for (x1, y1, x2, y2), score, label in zip(boxes, result.scores.tolist(), result.classes.tolist())
-    ]
+    return coco_results(stream_dataset(detector, dataset, progress), dataset.category_ids)

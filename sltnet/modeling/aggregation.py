@@ -1,8 +1,10 @@
 """Tubelet features (DESIGN A.4): pool each frame's box on that frame's features, then aggregate the
 window's RoI features into one feature map per tubelet."""
 
-from typing import List
+import functools
+from typing import List, Sequence, Union
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -24,15 +26,17 @@ def pool_tubelets(pooler: MultiLevelRoIAlign, features: List[Tensor], tubelet_bo
     return pooled.view(num_frames, num_tubelets, *pooled.shape[1:])
 
 
-def max_aggregation(tubelet_features: Tensor) -> Tensor:
+def max_aggregation(tubelet_features: Union[Tensor, Sequence[Tensor]]) -> Tensor:
     """Element-wise maximum over the frames.
 
     Args:
-        tubelet_features: [N, R, C, S, S].
+        tubelet_features: [N, R, C, S, S], or the N frames' [R, C, S, S] (no stacked copy is made).
     Returns:
         [R, C, S, S].
     """
-    return tubelet_features.amax(dim=0)
+    if isinstance(tubelet_features, Tensor):
+        return tubelet_features.amax(dim=0)
+    return functools.reduce(torch.maximum, tubelet_features)
 
 
 def adaptive_aggregation(tubelet_features: Tensor, reference_index: int) -> Tensor:
@@ -70,10 +74,11 @@ class TubeletAggregation(nn.Module):
             raise ValueError(f"unknown aggregation {method!r}, expected one of: {', '.join(AGGREGATION_METHODS)}")
         self.method = method
 
-    def forward(self, tubelet_features: Tensor, reference_index: int) -> Tensor:
-        """[N, R, C, S, S] pooled tubelet features -> [R, C, S, S]."""
+    def forward(self, tubelet_features: Union[Tensor, Sequence[Tensor]], reference_index: int) -> Tensor:
+        """[N, R, C, S, S] pooled tubelet features (or the N frames' [R, C, S, S]) -> [R, C, S, S]."""
         if self.method == "adaptive":
-            return adaptive_aggregation(tubelet_features, reference_index)
+            stacked = tubelet_features if isinstance(tubelet_features, Tensor) else torch.stack(list(tubelet_features))
+            return adaptive_aggregation(stacked, reference_index)
         return max_aggregation(tubelet_features)
 
     def extra_repr(self) -> str:

@@ -59,8 +59,8 @@ def geometry_embedding(geometry: Tensor, embed_dim: int = 64) -> Tensor:
         raise ValueError(f"embed_dim must be a multiple of 8, got {embed_dim}")
     num_frequencies = embed_dim // 8
     exponents = torch.arange(num_frequencies, dtype=geometry.dtype, device=geometry.device) / num_frequencies
-    wave_lengths = EMBEDDING_WAVE_LENGTH**exponents  # [F]
-    phases = EMBEDDING_SCALE * geometry.unsqueeze(-1) / wave_lengths  # [R, M, 4, F]
+    frequencies = EMBEDDING_SCALE / EMBEDDING_WAVE_LENGTH**exponents  # [F]: 100 / lambda_k
+    phases = geometry.unsqueeze(-1) * frequencies  # [R, M, 4, F]
     embedding = torch.cat((phases.sin(), phases.cos()), dim=-1)  # [R, M, 4, 2F]
     return embedding.flatten(2)
 
@@ -76,12 +76,13 @@ def relation_attention(
     """Multi-head attention with an optional geometric prior, one output per head.
 
     Head g's logits are log(w_g + 1e-6) + q_g . k_g / sqrt(d / G) (the log term only when geometric
-    weights are given), softmax over the M references; its weights multiply the full ``values``.
+    weights are given), softmax over the M references; its weights multiply the full ``values``
+    (or head g's own values).
 
     Args:
         queries: [R, d] projected current features; head g uses channels g*d/G .. (g+1)*d/G - 1.
         keys: [M, d] projected reference features, split into heads the same way.
-        values: [M, D] reference features (unprojected and not split: every head sees all of them).
+        values: [M, D] reference features, which every head sees whole, or [G, M, D] per head.
         num_heads: G, which divides d.
         geometric_weights: [G, R, M] non-negative geometric weights w_g, or None for appearance only.
         key_mask: [M] bool, False for references to ignore (padding of a fixed-size memory); at

@@ -140,8 +140,7 @@ class STAttentionBoxHead(nn.Module):
 
         embedding = None
         if not self.location_free:
-            embedding = geometry_embedding(box_geometry(boxes, all_ref_boxes), self.embed_dim)
-            embedding = embedding.permute(2, 0, 1).unsqueeze(0)  # [1, E, R, M], the 1x1 conv's layout
+            embedding = geometry_embedding(box_geometry(boxes, all_ref_boxes), self.embed_dim)  # [R, M, E]
 
         for stage in range(len(self.fcs)):
             if stage > 0:
@@ -152,15 +151,26 @@ class STAttentionBoxHead(nn.Module):
     def _attention(
         self, stage: int, x: Tensor, refs: Tensor, embedding: Optional[Tensor], key_mask: Optional[Tensor]
     ) -> Tensor:
-        """Attn_s: [R, d] queries, [M, d] references -> [R, d]."""
+        """Attn_s: [R, d] queries, [M, d] references -> [R, d].
+
+        The 1x1 convolutions run as matrix products on their weights (same values, no layout
+        change): W_G on the [R, M, E] embedding; W_V, which maps head g's weighted sum of the d-dim
+        references to output channels g·d/G .. (g+1)·d/G - 1, is applied to the references first, so
+        each head averages d/G channels instead of d (the same sum, G times less work).
+        """
         geometric_weights = None
         if embedding is not None:
-            geometric_weights = F.relu(self.Wgs[stage](embedding))[0]  # [G, R, M]
+            geometry = self.Wgs[stage]
+            weights = F.linear(embedding, geometry.weight.flatten(1), geometry.bias)  # [R, M, G]
+            geometric_weights = F.relu(weights).permute(2, 0, 1)  # [G, R, M]
+        mixing = self.Wvs[stage]
+        num_refs, dim = refs.shape
+        head_values = F.linear(refs, mixing.weight.flatten(1))  # [M, d]: W_V of every head, applied to refs
+        head_values = head_values.view(num_refs, self.num_groups, dim // self.num_groups).transpose(0, 1)
         heads = relation_attention(
-            self.Wqs[stage](x), self.Wks[stage](refs), refs, self.num_groups, geometric_weights, key_mask
-        )  # [R, G, d]
-        mixed = self.Wvs[stage](heads.reshape(len(x), -1, 1, 1))
-        return mixed.flatten(1)
+            self.Wqs[stage](x), self.Wks[stage](refs), head_values, self.num_groups, geometric_weights, key_mask
+        )  # [R, G, d/G]
+        return heads.reshape(len(x), dim) + mixing.bias
 
 
 class STClassifier(nn.Module):

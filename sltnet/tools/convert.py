@@ -3,6 +3,7 @@
     sltnet-convert vid-to-stcoco ILSVRC2015/Annotations/VID/val vid_val.json --image-set ImageSets/VID/val.txt
     sltnet-convert to-vid detections.json --gt vid_val.json vid_val_results.txt
     sltnet-convert d2-checkpoint model_final.pth sltnet_weights.pt --config-file original.yaml --config-out sltnet.yaml
+    sltnet-convert half-weights output/my_run/model_final.pt my_model_fp16.pt
 
 A subcommand is one entry of ``SUBCOMMANDS``: its name, help line, a function that adds its arguments
 to its parser and a function that runs it on the parsed arguments.
@@ -164,6 +165,28 @@ def _run_d2_checkpoint(args: argparse.Namespace) -> None:
         print(f"wrote {args.config_out}")
 
 
+def _add_half_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("weights", help="trained weights (model_final.pt) or a training checkpoint")
+    parser.add_argument("out", help="weights file to write (what MODEL.WEIGHTS and --weights take)")
+
+
+def _run_half_weights(args: argparse.Namespace) -> None:
+    # Imported here: the dataset conversions do not need the model stack.
+    import torch
+
+    from sltnet.engine.checkpoint import atomic_torch_save, load_checkpoint
+
+    state = load_checkpoint(Path(args.weights))
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SltnetError(f"{args.weights}: not a state dict of tensors")
+    # Loading casts every tensor back to the model's dtype, so only the file changes.
+    half = {name: t.half() if t.is_floating_point() else t for name, t in state.items()}
+    atomic_torch_save({"model": half}, Path(args.out))
+    print(f"wrote {args.out}: {len(half)} tensors in float16, {Path(args.out).stat().st_size / 1e6:.1f} MB")
+
+
 SUBCOMMANDS = (
     Subcommand(
         "vid-to-stcoco",
@@ -182,6 +205,12 @@ SUBCOMMANDS = (
         "detectron2 / original SLTnet checkpoint -> weights with this project's names",
         _add_d2_checkpoint_arguments,
         _run_d2_checkpoint,
+    ),
+    Subcommand(
+        "half-weights",
+        "weights or a training checkpoint -> the model's weights in float16 (half the file size)",
+        _add_half_weights_arguments,
+        _run_half_weights,
     ),
 )
 
