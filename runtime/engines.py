@@ -141,6 +141,10 @@ class OnnxRuntimeEngine(BoundEngine):
         options = onnxruntime.SessionOptions()
         if num_threads is not None:
             options.intra_op_num_threads = num_threads
+        # The two engines' sessions run one after the other for every frame, each with its own
+        # threads: threads that spin waiting for work would take the cores from the other session
+        # (measured on 2 cores: 1.5x the throughput without spinning, and a p99 latency near p50).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.device.type == "cuda":
             providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0})]
         else:

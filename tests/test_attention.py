@@ -5,7 +5,13 @@ import math
 import pytest
 import torch
 
-from sltnet.modeling.attention import box_geometry, geometry_embedding, relation_attention
+from sltnet.modeling.attention import (
+    attention_bias,
+    box_geometry,
+    geometry_embedding,
+    project_geometry_embedding,
+    relation_attention,
+)
 
 # Two boxes (x1, y1, x2, y2): a is 10 wide and 20 high, b 20 wide and 10 high, centres 15 apart in x.
 BOX_A = [0.0, 0.0, 9.0, 19.0]
@@ -70,7 +76,7 @@ def test_relation_attention_matches_a_hand_computed_example():
     expected = [sum(w * v[c] for w, v in zip(weights, values)) for c in range(3)]
 
     output = relation_attention(
-        torch.tensor([query]), torch.tensor(keys), torch.tensor(values), 1, torch.tensor([[geometric]])
+        torch.tensor([query]), torch.tensor(keys), torch.tensor(values), 1, attention_bias(torch.tensor([[geometric]]))
     )
     assert output.shape == (1, 1, 3)
     torch.testing.assert_close(output[0, 0], torch.tensor(expected))
@@ -96,7 +102,23 @@ def test_masked_references_are_ignored():
     padded_geometric = torch.cat((geometric[..., :2], torch.rand(2, 3, 1), geometric[..., 2:], torch.rand(2, 3, 2)), 2)
     mask = torch.tensor([True, True, False, True, True, False, False])
 
-    unpadded = relation_attention(queries, keys, values, 2, geometric)
-    masked = relation_attention(queries, padded[0], padded[1], 2, padded_geometric, mask)
+    unpadded = relation_attention(queries, keys, values, 2, attention_bias(geometric))
+    masked = relation_attention(queries, padded[0], padded[1], 2, attention_bias(padded_geometric, mask))
     torch.testing.assert_close(masked, unpadded)
-    assert not torch.allclose(relation_attention(queries, padded[0], padded[1], 2, padded_geometric), unpadded)
+    unmasked = relation_attention(queries, padded[0], padded[1], 2, attention_bias(padded_geometric))
+    assert not torch.allclose(unmasked, unpadded)
+    # Appearance only: the mask alone is the bias.
+    torch.testing.assert_close(
+        relation_attention(queries, padded[0], padded[1], 2, attention_bias(key_mask=mask)),
+        relation_attention(queries, keys, values, 2),
+    )
+
+
+def test_projected_embedding_equals_the_embedding_times_the_weight():
+    generator = torch.Generator().manual_seed(2)
+    boxes = torch.rand(5, 2, generator=generator) * 50
+    boxes = torch.cat((boxes, boxes + 5 + torch.rand(5, 2, generator=generator) * 30), dim=1)
+    geometry = box_geometry(boxes, boxes[:3])
+    weight, bias = torch.randn(6, 64, generator=generator), torch.randn(6, generator=generator)
+    expected = geometry_embedding(geometry, 64) @ weight.T + bias
+    torch.testing.assert_close(project_geometry_embedding(geometry, weight, bias), expected, rtol=1e-5, atol=1e-4)

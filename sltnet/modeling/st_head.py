@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
-from sltnet.modeling.attention import box_geometry, geometry_embedding, relation_attention
+from sltnet.modeling.attention import attention_bias, box_geometry, project_geometry_embedding, relation_attention
 
 
 def _make_fc(in_features: int, out_features: int) -> nn.Linear:
@@ -138,37 +138,38 @@ class STAttentionBoxHead(nn.Module):
             entry_valid = ref_valid.new_ones(len(entry)) if valid is None else valid[: self.num_ref_rois]
             key_mask = torch.cat((ref_valid, entry_valid))
 
-        embedding = None
+        num_stages = len(self.fcs)
+        geometric_weights = None
         if not self.location_free:
-            embedding = geometry_embedding(box_geometry(boxes, all_ref_boxes), self.embed_dim)  # [R, M, E]
+            # Every stage's W_G at once on the shared geometry: [R, M, S·G] -> [S, G, R, M].
+            weight = torch.cat([conv.weight.flatten(1) for conv in self.Wgs])
+            bias = torch.cat([conv.bias for conv in self.Wgs])
+            projected = F.relu(project_geometry_embedding(box_geometry(boxes, all_ref_boxes), weight, bias))
+            geometric_weights = projected.permute(2, 0, 1).reshape(num_stages, self.num_groups, len(x), len(refs))
+        logit_bias = attention_bias(geometric_weights, key_mask)  # [S, G, R, M], [M] or None
 
-        for stage in range(len(self.fcs)):
+        for stage in range(num_stages):
             if stage > 0:
                 x = F.relu(self.fcs[stage](x))
-            x = x + self._attention(stage, x, refs, embedding, key_mask)
+            stage_bias = logit_bias[stage] if geometric_weights is not None else logit_bias
+            x = x + self._attention(stage, x, refs, stage_bias)
         return x, entry
 
-    def _attention(
-        self, stage: int, x: Tensor, refs: Tensor, embedding: Optional[Tensor], key_mask: Optional[Tensor]
-    ) -> Tensor:
+    def _attention(self, stage: int, x: Tensor, refs: Tensor, logit_bias: Optional[Tensor]) -> Tensor:
         """Attn_s: [R, d] queries, [M, d] references -> [R, d].
 
         The 1x1 convolutions run as matrix products on their weights (same values, no layout
-        change): W_G on the [R, M, E] embedding; W_V, which maps head g's weighted sum of the d-dim
-        references to output channels g·d/G .. (g+1)·d/G - 1, is applied to the references first, so
-        each head averages d/G channels instead of d (the same sum, G times less work).
+        change): W_G (in ``forward``) on the [R, M, E] geometry; W_V, which maps head g's weighted sum
+        of the d-dim references to output channels g·d/G .. (g+1)·d/G - 1, is applied to the
+        references first, so each head averages d/G channels instead of d (the same sum, G times less
+        work).
         """
-        geometric_weights = None
-        if embedding is not None:
-            geometry = self.Wgs[stage]
-            weights = F.linear(embedding, geometry.weight.flatten(1), geometry.bias)  # [R, M, G]
-            geometric_weights = F.relu(weights).permute(2, 0, 1)  # [G, R, M]
         mixing = self.Wvs[stage]
         num_refs, dim = refs.shape
         head_values = F.linear(refs, mixing.weight.flatten(1))  # [M, d]: W_V of every head, applied to refs
         head_values = head_values.view(num_refs, self.num_groups, dim // self.num_groups).transpose(0, 1)
         heads = relation_attention(
-            self.Wqs[stage](x), self.Wks[stage](refs), head_values, self.num_groups, geometric_weights, key_mask
+            self.Wqs[stage](x), self.Wks[stage](refs), head_values, self.num_groups, logit_bias
         )  # [R, G, d/G]
         return heads.reshape(len(x), dim) + mixing.bias
 
