@@ -160,27 +160,13 @@ class StreamingRuntime:
         # only the outputs it uses (the objectness logits of the reference frame alone).
         self._slot_bindings = [
             [
-                (name, self.slot_input.format(slot=position, output=name))
+                (name, input_name)
                 for name in frame_outputs
-                if self.slot_input.format(slot=position, output=name) in temporal_inputs
+                if (input_name := self.slot_input.format(slot=position, output=name)) in temporal_inputs
             ]
             for position in range(self.window_size)
         ]
-        sources = {
-            input_name: (f"the frame engine's {name!r}", frame_outputs[name])
-            for bindings in self._slot_bindings
-            for name, input_name in bindings
-        }
-
-        if memory["long_term"]:
-            sources.update(
-                {
-                    memory["slot_input"].format(slot=slot, part=part): (f"a memory slot's {part!r}", temporal_outputs[f"entry_{part}"])
-                    for slot in range(memory["num_keyframes"])
-                    for part in MEMORY_PARTS
-                }
-            )
-        _check_specs(temporal_inputs, sources)
+        _check_specs(temporal_inputs, _input_sources(frame_outputs, temporal_outputs, self._slot_bindings, memory))
         device = backend.device
         self.image = _empty(
             manifest_specs([manifest["engines"]["frame"]["inputs"][0]])[manifest["input"]["tensor"]], device
@@ -315,10 +301,28 @@ class StreamingRuntime:
         return FrameResult(reference, boxes, scores.clone(), classes)
 
 
-def _check_specs(
-    temporal_inputs: Dict[str, TensorSpec], sources: Dict[str, Tuple[str, TensorSpec]]
-) -> None:
-    """Every temporal input in ``sources`` ({input: (what binds it, its spec)}) takes that buffer as it is."""
+def _input_sources(
+    frame_outputs: Dict[str, TensorSpec],
+    temporal_outputs: Dict[str, TensorSpec],
+    slot_bindings: List[List[Tuple[str, str]]],
+    memory: Dict,
+) -> Dict[str, Tuple[str, TensorSpec]]:
+    """{temporal input: (what the runtime binds to it, that buffer's spec)} for the window and memory inputs."""
+    sources = {
+        input_name: (f"the frame engine's {name!r}", frame_outputs[name])
+        for pairs in slot_bindings
+        for name, input_name in pairs
+    }
+    if memory["long_term"]:
+        for slot in range(memory["num_keyframes"]):
+            for part in MEMORY_PARTS:
+                name = memory["slot_input"].format(slot=slot, part=part)
+                sources[name] = (f"a memory slot's {part!r}", temporal_outputs[f"entry_{part}"])
+    return sources
+
+
+def _check_specs(temporal_inputs: Dict[str, TensorSpec], sources: Dict[str, Tuple[str, TensorSpec]]) -> None:
+    """Every temporal input in ``sources`` takes the buffer bound to it as it is."""
     for name, (source, spec) in sources.items():
         if temporal_inputs.get(name) != spec:
             raise SltnetError(
