@@ -101,8 +101,9 @@ def attention_bias(geometric_weights: Optional[Tensor] = None, key_mask: Optiona
     """
     bias = None if geometric_weights is None else torch.log(geometric_weights + GEOMETRIC_WEIGHT_EPS)
     if key_mask is not None:
-        masked = torch.zeros(key_mask.shape, dtype=torch.float32, device=key_mask.device).masked_fill(~key_mask, -math.inf)
-        bias = masked if bias is None else bias + masked.to(bias.dtype)
+        dtype = torch.float32 if bias is None else bias.dtype
+        masked = torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device).masked_fill(~key_mask, -math.inf)
+        bias = masked if bias is None else bias + masked
     return bias
 
 

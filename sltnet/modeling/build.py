@@ -1,7 +1,7 @@
 """Build the detector a config describes and load its weights."""
 
 from pathlib import Path
-from typing import Union
+from typing import Dict, Union
 
 import torch
 from torch import nn
@@ -62,6 +62,20 @@ def build_model(cfg: CfgNode) -> Union[FasterRCNN, SLTnet]:
     return model.to(torch.device(cfg.MODEL.DEVICE))
 
 
+def read_weights(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """The state dict of a ``model_final.pt`` (weights) or of a training checkpoint (its ``model`` entry).
+
+    Raises:
+        SltnetError: an unreadable file, or one that holds no state dict of tensors.
+    """
+    state = load_checkpoint(Path(path))
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SltnetError(f"{path}: not a state dict of tensors")
+    return state
+
+
 def load_weights(model: nn.Module, path: Union[str, Path]) -> None:
     """Load a ``model_final.pt`` (weights) or a training checkpoint (its ``model`` entry).
 
@@ -71,11 +85,7 @@ def load_weights(model: nn.Module, path: Union[str, Path]) -> None:
         SltnetError: unreadable file, or keys/shapes that do not fit the model (all listed).
     """
     path = Path(path)
-    state = load_checkpoint(path)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise SltnetError(f"{path}: not a state dict of tensors")
+    state = read_weights(path)
     own = model.state_dict()
     problems = [f"unexpected {key}" for key in state if key not in own]
     problems += [

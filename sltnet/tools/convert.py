@@ -172,15 +172,10 @@ def _add_half_weights_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_half_weights(args: argparse.Namespace) -> None:
     # Imported here: the dataset conversions do not need the model stack.
-    import torch
+    from sltnet.engine.checkpoint import atomic_torch_save
+    from sltnet.modeling.build import read_weights
 
-    from sltnet.engine.checkpoint import atomic_torch_save, load_checkpoint
-
-    state = load_checkpoint(Path(args.weights))
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise SltnetError(f"{args.weights}: not a state dict of tensors")
+    state = read_weights(args.weights)
     # Loading casts every tensor back to the model's dtype, so only the file changes.
     half = {name: t.half() if t.is_floating_point() else t for name, t in state.items()}
     atomic_torch_save({"model": half}, Path(args.out))
