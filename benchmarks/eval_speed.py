@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sltnet.data.stcoco import load_stcoco
-from sltnet.data.synthetic import generate_split
+from sltnet.data.synthetic.writing import generate_split
 from sltnet.evaluation import evaluate, format_table, load_detections
 
 

@@ -51,7 +51,9 @@ from runtime.video import VideoSource
 from sltnet.atomic_io import atomic_write_text
 from sltnet.cli import ArgumentParser, console_entry
 from sltnet.config import load_config
-from sltnet.data.synthetic import SynthOptions, render_frame, sample_video, write_mp4
+from sltnet.data.synthetic.rendering import render_frame
+from sltnet.data.synthetic.sampling import SynthOptions, sample_video
+from sltnet.data.synthetic.writing import write_mp4
 from sltnet.errors import SltnetError
 from sltnet.modeling.build import build_model
 from sltnet.modeling.streaming import FrameResult, StreamingDetector

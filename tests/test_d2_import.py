@@ -16,13 +16,8 @@ from export.cli import main as export_main
 from runtime.cli import main as run_main
 from sltnet.config import load_config
 from sltnet.config.loader import ConfigWarning
-from sltnet.d2_import import (
-    convert_d2_state,
-    d2_to_sltnet,
-    load_detectron2_config,
-    read_d2_checkpoint,
-    sltnet_to_d2,
-)
+from sltnet.d2_import.checkpoint import convert_d2_state, d2_to_sltnet, read_d2_checkpoint, sltnet_to_d2
+from sltnet.d2_import.config import load_detectron2_config
 from sltnet.data.transforms import ImagePreprocessor, pad_to_divisible, resized_shape
 from sltnet.errors import SltnetError
 from sltnet.modeling.build import build_model

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sltnet.config import load_config
-from sltnet.data.synthetic import generate_split
+from sltnet.data.synthetic.writing import generate_split
 from sltnet.modeling.build import build_model
 from sltnet.tools.eval import main
 

@@ -22,7 +22,7 @@ from export.cli import main as export_main
 from export.manifest import load_manifest
 from runtime.detector import TIMED_STAGES, StreamingRuntime
 from runtime.engines import open_backend
-from sltnet.data.synthetic import write_mp4
+from sltnet.data.synthetic.writing import write_mp4
 
 spec = importlib.util.spec_from_file_location("fps", Path("benchmarks/fps.py"))
 fps = importlib.util.module_from_spec(spec)

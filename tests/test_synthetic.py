@@ -10,17 +10,10 @@ import av
 import numpy as np
 import pytest
 
-from sltnet.data import synthetic
 from sltnet.data.stcoco import load_stcoco, validate_stcoco
-from sltnet.data.synthetic import (
-    CLASS_INKS,
-    HIDE_TYPES,
-    SynthOptions,
-    render_frame,
-    sample_video,
-    split_seed,
-    visible_boxes,
-)
+from sltnet.data.synthetic import sampling, writing
+from sltnet.data.synthetic.rendering import render_frame
+from sltnet.data.synthetic.sampling import CLASS_INKS, HIDE_TYPES, SynthOptions, sample_video, split_seed, visible_boxes
 from sltnet.errors import SltnetError
 from sltnet.tools.synth import main
 
@@ -63,13 +56,13 @@ def test_output_is_valid_stcoco(tmp_path, capsys):
     data = _load(tmp_path)
     assert validate_stcoco(data, json_path, str(tmp_path / "s"), check_images=True) == []
     dataset = load_stcoco(json_path, str(tmp_path / "s"), check_images=True)
-    assert dataset.class_names == list(synthetic.CLASS_PATTERNS[:5])
+    assert dataset.class_names == list(sampling.CLASS_PATTERNS[:5])
     assert [video.name for video in dataset.videos] == ["video_00000", "video_00001", "video_00002"]
     assert all([f.frame_number for f in video.frames] == list(range(10)) for video in dataset.videos)
     assert data["images"][3]["file_name"] == "video_00000/000003.jpg"
     for ann in data["annotations"]:
         x, y, w, h = ann["bbox"]
-        assert w >= synthetic.MIN_VISIBLE_SIDE and h >= synthetic.MIN_VISIBLE_SIDE
+        assert w >= sampling.MIN_VISIBLE_SIDE and h >= sampling.MIN_VISIBLE_SIDE
         assert 0 <= x and 0 <= y and x + w <= 64 + 1e-6 and y + h <= 64 + 1e-6
         assert ann["iscrowd"] == 0 and ann["area"] == pytest.approx(w * h, abs=0.01)
         assert (ann["hide_type"] in HIDE_TYPES) if ann["hidden"] else ann["hide_type"] is None
@@ -109,7 +102,7 @@ def test_hidden_runs_are_contiguous_and_bounded():
     options = SynthOptions(hide_prob=0.5, max_hidden_run=3)
     rng = np.random.default_rng(0)
     for _ in range(50):
-        hides = synthetic.sample_hidden_runs(rng, np.arange(2, 22), 24, options)
+        hides = sampling.sample_hidden_runs(rng, np.arange(2, 22), 24, options)
         assert hides[:3] == (None, None, None) and hides[22:] == (None, None)
         assert sum(h is not None for h in hides) == 10
         runs = [[hides[0]]]
@@ -219,16 +212,16 @@ def test_regenerating_replaces_the_split(tmp_path):
 def test_failed_run_keeps_the_previous_split(tmp_path, monkeypatch):
     assert _run(tmp_path, "--seed", "1") == 0
     before = _file_hashes(tmp_path)
-    write_video = synthetic._write_video
+    write_video = writing._write_video
 
     def fail_on_second_video(task):
         if task.name == "video_00001":
             raise OSError(28, "No space left on device", os.path.join(task.image_dir, task.name))
         return write_video(task)
 
-    monkeypatch.setattr(synthetic, "_write_video", fail_on_second_video)
+    monkeypatch.setattr(writing, "_write_video", fail_on_second_video)
     with pytest.raises(SltnetError, match="No space left on device"):
-        synthetic.generate_split(str(tmp_path), "s", 3, 10, 64, seed=2, progress=False)
+        writing.generate_split(str(tmp_path), "s", 3, 10, 64, seed=2, progress=False)
     assert _file_hashes(tmp_path) == before
     assert sorted(os.listdir(tmp_path)) == ["annotations", "s"]
 

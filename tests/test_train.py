@@ -9,7 +9,7 @@ import torch
 
 from sltnet.config import load_config
 from sltnet.data.catalog import DatasetCatalog
-from sltnet.data.synthetic import generate_split
+from sltnet.data.synthetic.writing import generate_split
 from sltnet.engine.checkpoint import last_checkpoint
 from sltnet.engine.trainer import check_training_settings, train
 from sltnet.errors import SltnetError

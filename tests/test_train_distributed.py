@@ -8,7 +8,7 @@ import textwrap
 
 import torch
 
-from sltnet.data.synthetic import generate_split
+from sltnet.data.synthetic.writing import generate_split
 
 # Each rank trains, then saves the parameters it ended with.
 RANK_SCRIPT = textwrap.dedent(

@@ -20,32 +20,21 @@ run killed and resumed ends with the same parameters as one that was never inter
 bit on CPU; on CUDA up to the nondeterminism of some GPU kernels).
 """
 
-import json
 import math
-import os
-import random
-import sys
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 from yacs.config import CfgNode
 
-from sltnet.atomic_io import atomic_write_text
 from sltnet.config import save_config
-from sltnet.data.batching import FrameGroup, TrainingGroup, load_training_group
-from sltnet.data.catalog import DatasetCatalog, load_dataset
-from sltnet.data.records import StCocoDataset
-from sltnet.data.sampling import TrainingGroupSampler, TrainingSample
-from sltnet.data.stcoco import load_stcoco
-from sltnet.data.transforms import ImagePreprocessor
+from sltnet.data.batching import TrainingGroup
+from sltnet.data.catalog import DatasetCatalog
 from sltnet.engine.checkpoint import (
     atomic_torch_save,
     last_checkpoint,
@@ -64,261 +53,36 @@ from sltnet.engine.distributed import (
 )
 from sltnet.engine.metrics_log import JsonLinesWriter
 from sltnet.engine.solver import build_lr_scheduler, build_optimizer
+from sltnet.engine.training_data import (
+    RankBatchSampler,
+    TrainingSampleStream,
+    build_group_sampler,
+    load_training_datasets,
+    move_group,
+    training_preprocessor,
+)
+from sltnet.engine.training_eval import evaluate_trained_model
+from sltnet.engine.training_state import (
+    Solver,
+    TrainingLosses,
+    TrainingResult,
+    check_same_model,
+    note,
+    seed_everything,
+    truncate_metrics,
+)
 from sltnet.errors import SltnetError
-from sltnet.evaluation import evaluate, format_table, parse_detections, write_metrics
-from sltnet.evaluation.inference import detect_dataset
 from sltnet.modeling.build import build_model
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 FINAL_WEIGHTS_FILE = "model_final.pt"
-FINAL_METRICS_FILE = "metrics_final.json"
 TOTAL_LOSS = "total_loss"
-
-# MODEL keys a resumed run may change: where it runs, and the initial weights (the checkpoint
-# replaces them).
-_RESUMABLE_MODEL_KEYS = ("MODEL.DEVICE", "MODEL.WEIGHTS")
 
 
 def checkpoint_name(iteration: int) -> str:
     """File name of the training state after ``iteration`` completed iterations."""
     return f"model_{iteration:07d}.pt"
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------
-
-
-def build_group_sampler(cfg: CfgNode, dataset: StCocoDataset, temporal: bool) -> TrainingGroupSampler:
-    """Frame groups of one dataset: N-frame windows with support groups for SLTnet (stage 2),
-    single frames without support groups for the baseline (stage 1)."""
-    if not temporal:
-        cfg = cfg.clone()
-        cfg.defrost()
-        st = cfg.MODEL.SPATIOTEMPORAL
-        st.NUM_FRAMES, st.FORWARD_AGGREGATION, st.TEMPORAL_DROPOUT, st.LONG_TERM = 1, False, False, False
-    return TrainingGroupSampler.from_config(dataset, cfg)
-
-
-def training_preprocessor(cfg: CfgNode) -> ImagePreprocessor:
-    """The image path with the training resize limit; each sample brings its own short side."""
-    return ImagePreprocessor(
-        short_side=cfg.INPUT.MIN_SIZE_TRAIN[0],
-        max_size=cfg.INPUT.MAX_SIZE_TRAIN,
-        pixel_mean=cfg.MODEL.PIXEL_MEAN,
-        pixel_std=cfg.MODEL.PIXEL_STD,
-        input_format=cfg.INPUT.FORMAT,
-        size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY,
-    )
-
-
-class TrainingSampleStream(Dataset):
-    """The endless stream of training samples over all training datasets, epoch after epoch.
-
-    Sample ``g`` of the stream is position ``g % L`` of epoch ``g // L`` (``L`` samples per epoch).
-    An epoch holds every dataset's samples for that epoch (:meth:`TrainingGroupSampler.epoch`),
-    shuffled together; its order is a pure function of (seed, epoch), so any position can be
-    recomputed after a restart, and loading a sample draws no random numbers.
-
-    Args:
-        datasets: the training datasets, each with its own image root.
-        samplers: one sampler per dataset.
-        preprocessor: decode/resize/normalise (:func:`training_preprocessor`).
-        seed: ``SEED``.
-    """
-
-    def __init__(
-        self,
-        datasets: Sequence[StCocoDataset],
-        samplers: Sequence[TrainingGroupSampler],
-        preprocessor: ImagePreprocessor,
-        seed: int,
-    ) -> None:
-        self.image_roots = [dataset.image_root for dataset in datasets]
-        self.samplers = list(samplers)
-        self.preprocessor = preprocessor
-        self.seed = seed
-        self.epoch_length = sum(len(sampler) for sampler in self.samplers)
-        self._cached_epoch: Tuple[int, List[Tuple[int, TrainingSample]]] = (-1, [])
-
-    def epoch(self, epoch: int) -> List[Tuple[int, TrainingSample]]:
-        """``(dataset index, sample)`` of one epoch, in training order."""
-        if self._cached_epoch[0] != epoch:
-            samples = [
-                (index, sample) for index, sampler in enumerate(self.samplers) for sample in sampler.epoch(epoch)
-            ]
-            # A stream separate from the per-dataset samplers' ([seed, epoch]) mixes the datasets.
-            order = np.random.default_rng([self.seed, epoch, len(self.samplers)]).permutation(len(samples))
-            self._cached_epoch = (epoch, [samples[i] for i in order])
-        return self._cached_epoch[1]
-
-    def position(self, index: int) -> Tuple[int, int]:
-        """``(epoch, position in the epoch)`` of stream sample ``index``."""
-        return divmod(index, self.epoch_length)
-
-    def __getitem__(self, index: int) -> TrainingGroup:
-        epoch, position = self.position(index)
-        dataset_index, sample = self.epoch(epoch)[position]
-        return load_training_group(sample, self.image_roots[dataset_index], self.preprocessor)
-
-
-class RankBatchSampler(Sampler[List[int]]):
-    """Stream indices of this process's share of each iteration's batch.
-
-    Iteration ``i`` (counted from the start of this sampler) takes the global batch
-    ``[first + i * B, first + (i + 1) * B)``; process ``r`` of ``W`` takes the ``r``-th of its ``W``
-    equal slices.
-
-    Args:
-        first_sample: stream index of the first sample (samples consumed before a resume).
-        num_iterations: batches to yield.
-        global_batch: ``SOLVER.IMS_PER_BATCH``, a multiple of ``world_size``.
-        rank, world_size: this process and the number of processes.
-    """
-
-    def __init__(self, first_sample: int, num_iterations: int, global_batch: int, rank: int, world_size: int) -> None:
-        self.first_sample = first_sample
-        self.num_iterations = num_iterations
-        self.global_batch = global_batch
-        self.per_process = global_batch // world_size
-        self.offset = rank * self.per_process
-
-    def __len__(self) -> int:
-        return self.num_iterations
-
-    def __iter__(self) -> Iterator[List[int]]:
-        for iteration in range(self.num_iterations):
-            start = self.first_sample + iteration * self.global_batch + self.offset
-            yield list(range(start, start + self.per_process))
-
-
-def load_training_datasets(cfg: CfgNode, catalog: DatasetCatalog) -> List[StCocoDataset]:
-    """``DATASETS.TRAIN``, each checked to have ``MODEL.ROI_HEADS.NUM_CLASSES`` classes and the same class names."""
-    if not cfg.DATASETS.TRAIN:
-        raise SltnetError("DATASETS.TRAIN is empty: name at least one training dataset")
-    datasets = [load_dataset(name, catalog) for name in cfg.DATASETS.TRAIN]
-    for dataset in datasets:
-        if dataset.num_classes != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-            raise SltnetError(
-                f"{dataset.json_path}: {dataset.num_classes} classes, but MODEL.ROI_HEADS.NUM_CLASSES is "
-                f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES}"
-            )
-        if dataset.class_names != datasets[0].class_names:
-            raise SltnetError(
-                f"{dataset.json_path}: classes {dataset.class_names} differ from those of {datasets[0].json_path} "
-                f"({datasets[0].class_names}); training datasets must share one class list"
-            )
-    return datasets
-
-
-def move_group(group: TrainingGroup, device: torch.device) -> TrainingGroup:
-    """A training group and its support groups with their tensors on ``device``."""
-    support = [replace(frames, **_frame_group_tensors(frames, device)) for frames in group.support]
-    return replace(group, **_frame_group_tensors(group, device), support=support)
-
-
-def _frame_group_tensors(group: FrameGroup, device: torch.device) -> Dict[str, torch.Tensor]:
-    return {
-        "images": group.images.to(device, non_blocking=True),
-        "boxes": group.boxes.to(device, non_blocking=True),
-        "classes": group.classes.to(device, non_blocking=True),
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# State
-# ---------------------------------------------------------------------------------------------
-
-
-class _TrainingLosses(nn.Module):
-    """``model.training_losses`` as ``forward``, the call DistributedDataParallel synchronises."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, groups: List[TrainingGroup]) -> Dict[str, torch.Tensor]:
-        return self.model.training_losses(groups)
-
-
-@dataclass
-class _Solver:
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-
-
-class TrainingResult(NamedTuple):
-    """What :func:`train` leaves behind.
-
-    Attributes:
-        model: the trained model (not wrapped for distributed training), in eval mode after evaluation.
-        iteration: completed iterations.
-        final_weights: ``OUTPUT_DIR/model_final.pt``, or None when the run stopped early (``stop_at``).
-        metrics: evaluation per ``DATASETS.TEST`` name (empty when skipped).
-    """
-
-    model: nn.Module
-    iteration: int
-    final_weights: Optional[Path]
-    metrics: Dict[str, Dict[str, Any]]
-
-
-def _flat_model_keys(config_yaml: str) -> Dict[str, Any]:
-    """``MODEL.*`` leaves of a dumped config, by dotted path."""
-    def flatten(node: CfgNode, prefix: str) -> Iterator[Tuple[str, Any]]:
-        for key, value in node.items():
-            if isinstance(value, CfgNode):
-                yield from flatten(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}", value
-
-    return dict(flatten(CfgNode.load_cfg(config_yaml).MODEL, "MODEL."))
-
-
-def check_same_model(saved_config: str, cfg: CfgNode, checkpoint: Path) -> None:
-    """Refuse to resume a checkpoint whose run had other ``MODEL`` settings (device and initial
-    weights aside): its parameters would not mean the same thing."""
-    saved, current = _flat_model_keys(saved_config), _flat_model_keys(cfg.dump())
-    for key in sorted(set(saved) | set(current)):
-        if key not in _RESUMABLE_MODEL_KEYS and saved.get(key) != current.get(key):
-            raise SltnetError(
-                f"{checkpoint}: saved with {key} = {saved.get(key)!r} but the config now has {current.get(key)!r}; "
-                "resume with the same model settings or use a new OUTPUT_DIR"
-            )
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _truncate_metrics(path: Path, iteration: int) -> None:
-    """Keep the records up to ``iteration``: those logged after the resumed checkpoint are
-    logged again, and a record cut short by a kill is dropped."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and record.get("iteration", math.inf) <= iteration:
-            kept.append(line + "\n")
-    atomic_write_text(path, "".join(kept))
-
-
-def _note(message: str) -> None:
-    if is_main_process():
-        tqdm.write(message, file=sys.stderr)
-
-
-# ---------------------------------------------------------------------------------------------
-# The run
-# ---------------------------------------------------------------------------------------------
 
 
 def check_training_settings(cfg: CfgNode, world_size: int) -> None:
@@ -372,14 +136,14 @@ def train(
     checkpoint = _checkpoint_to_resume(output_dir, cfg, resume)
 
     datasets = load_training_datasets(cfg, catalog)
-    _seed_everything(cfg.SEED + rank)
+    seed_everything(cfg.SEED + rank)
     model = build_model(_config_for_build(cfg, resumed=checkpoint is not None)).to(device)
     model.train()
     samplers = [build_group_sampler(cfg, dataset, model.is_temporal) for dataset in datasets]
     stream = TrainingSampleStream(datasets, samplers, training_preprocessor(cfg), cfg.SEED)
     amp = cfg.SOLVER.AMP.ENABLED and device.type == "cuda"
     if cfg.SOLVER.AMP.ENABLED and not amp:
-        _note("note: SOLVER.AMP.ENABLED is ignored on CPU")
+        note("note: SOLVER.AMP.ENABLED is ignored on CPU")
     solver = _build_solver(cfg, model, device, amp)
 
     start_iteration, samples_seen, rng_states = 0, 0, None
@@ -401,7 +165,7 @@ def train(
     final_weights = output_dir / FINAL_WEIGHTS_FILE
     if is_main_process():
         atomic_torch_save({"model": model.state_dict(), "iteration": iteration, "config": cfg.dump()}, final_weights)
-        _note(f"wrote {final_weights}")
+        note(f"wrote {final_weights}")
     metrics: Dict[str, Dict[str, Any]] = {}
     if run_evaluation and is_main_process():
         metrics = evaluate_trained_model(model, cfg, catalog, output_dir, progress)
@@ -441,18 +205,18 @@ def _config_for_build(cfg: CfgNode, resumed: bool) -> CfgNode:
     return cfg
 
 
-def _build_solver(cfg: CfgNode, model: nn.Module, device: torch.device, amp: bool) -> _Solver:
+def _build_solver(cfg: CfgNode, model: nn.Module, device: torch.device, amp: bool) -> Solver:
     if not any(param.requires_grad for param in model.parameters()):
         raise SltnetError(
             "nothing to train: every parameter is frozen "
             "(see MODEL.SPATIOTEMPORAL.FREEZE_* and MODEL.BACKBONE.FREEZE_AT)"
         )
     optimizer = build_optimizer(cfg, model)
-    return _Solver(optimizer, build_lr_scheduler(cfg, optimizer), torch.amp.GradScaler(device.type, enabled=amp))
+    return Solver(optimizer, build_lr_scheduler(cfg, optimizer), torch.amp.GradScaler(device.type, enabled=amp))
 
 
 def _restore(
-    path: Path, checkpoint: Dict[str, Any], model: nn.Module, solver: _Solver, max_iter: int
+    path: Path, checkpoint: Dict[str, Any], model: nn.Module, solver: Solver, max_iter: int
 ) -> Tuple[int, int, List[Dict[str, Any]]]:
     """Load a training checkpoint; returns (iteration, samples consumed, per-process RNG states)."""
     iteration = int(checkpoint["iteration"])
@@ -463,7 +227,7 @@ def _restore(
     solver.scheduler.load_state_dict(checkpoint["scheduler"])
     if checkpoint.get("grad_scaler"):
         solver.scaler.load_state_dict(checkpoint["grad_scaler"])
-    _note(f"resuming from {path} at iteration {iteration}")
+    note(f"resuming from {path} at iteration {iteration}")
     return iteration, int(checkpoint["data_position"]["samples_seen"]), checkpoint["rng_states"]
 
 
@@ -474,11 +238,11 @@ def _restore_rng(rng_states: List[Dict[str, Any]], fallback_seed: int) -> None:
     if len(rng_states) == world_size:
         set_rng_state(rng_states[rank])
         return
-    _note(
+    note(
         f"note: the checkpoint was written by {len(rng_states)} processes, this run has {world_size}: "
         "random draws will differ from an uninterrupted run"
     )
-    _seed_everything(fallback_seed + rank)
+    seed_everything(fallback_seed + rank)
 
 
 def _build_loader(cfg: CfgNode, stream: TrainingSampleStream, samples_seen: int, num_iterations: int) -> DataLoader:
@@ -497,7 +261,7 @@ def _build_loader(cfg: CfgNode, stream: TrainingSampleStream, samples_seen: int,
 
 def _wrap_for_processes(model: nn.Module, device: torch.device) -> nn.Module:
     """The loss computation, under DistributedDataParallel when there are several processes."""
-    losses_module = _TrainingLosses(model)
+    losses_module = TrainingLosses(model)
     if get_world_size() == 1:
         return losses_module
     return DistributedDataParallel(
@@ -515,7 +279,7 @@ def _prepare_output_dir(output_dir: Path, cfg: CfgNode, start_iteration: int) ->
     save_config(cfg, str(output_dir / CONFIG_FILE))
     metrics = output_dir / METRICS_FILE
     if start_iteration:
-        _truncate_metrics(metrics, start_iteration)
+        truncate_metrics(metrics, start_iteration)
     else:
         metrics.unlink(missing_ok=True)
 
@@ -528,7 +292,7 @@ class _TrainingLoop:
         cfg: CfgNode,
         losses_module: nn.Module,
         model: nn.Module,
-        solver: _Solver,
+        solver: Solver,
         stream: TrainingSampleStream,
         output_dir: Path,
         log_period: int,
@@ -614,39 +378,3 @@ class _TrainingLoop:
             "config": self.cfg.dump(),
         }
         save_training_state(self.output_dir, checkpoint_name(iteration), state)
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------------
-
-
-def evaluate_trained_model(
-    model: nn.Module, cfg: CfgNode, catalog: DatasetCatalog, output_dir: Path, progress: bool = True
-) -> Dict[str, Dict[str, Any]]:
-    """Detect and score every ``DATASETS.TEST`` dataset whose annotation file exists; print the
-    tables and write ``OUTPUT_DIR/metrics_final.json`` (``{dataset name: metrics}``).
-
-    Returns:
-        The metrics per dataset name (empty when no test dataset is available).
-    """
-    results: Dict[str, Dict[str, Any]] = {}
-    for name in cfg.DATASETS.TEST:
-        image_root, json_path = catalog.get(name)
-        if not os.path.isfile(json_path):
-            _note(f"note: skipping evaluation on {name}: {json_path} not found")
-            continue
-        dataset = load_stcoco(json_path, image_root)
-        if dataset.num_classes != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-            raise SltnetError(
-                f"{json_path}: {dataset.num_classes} classes, but the model has MODEL.ROI_HEADS.NUM_CLASSES "
-                f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES}; evaluation skipped (the trained weights are saved)"
-            )
-        detections = detect_dataset(model, cfg, dataset, progress=progress)
-        results[name] = evaluate(dataset, parse_detections(detections, dataset, name))
-        print(f"evaluation on {name}:\n{format_table(results[name])}\n")
-    if results:
-        write_metrics(results, str(output_dir / FINAL_METRICS_FILE))
-    elif cfg.DATASETS.TEST:
-        _note("note: no test dataset available, nothing evaluated")
-    return results

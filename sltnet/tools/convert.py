@@ -128,7 +128,8 @@ def _config_warnings_on_stderr() -> Iterator[None]:
 
 def _run_d2_checkpoint(args: argparse.Namespace) -> None:
     # Imported here: the dataset conversions do not need the model stack.
-    from sltnet.d2_import import convert_d2_state, describe_state, load_detectron2_config, read_d2_checkpoint
+    from sltnet.d2_import.checkpoint import convert_d2_state, describe_state, read_d2_checkpoint
+    from sltnet.d2_import.config import load_detectron2_config
     from sltnet.engine.checkpoint import atomic_torch_save
 
     if args.config_out and not (args.config_file or args.sltnet_config):

@@ -11,7 +11,8 @@ import os
 from typing import Optional, Sequence
 
 from sltnet.cli import ArgumentParser, console_entry
-from sltnet.data.synthetic import HIDE_TYPES, MAX_CLASSES, MIN_IMAGE_SIZE, SynthOptions, generate_split
+from sltnet.data.synthetic.sampling import HIDE_TYPES, MAX_CLASSES, SynthOptions
+from sltnet.data.synthetic.writing import MIN_IMAGE_SIZE, generate_split
 
 
 def build_parser() -> argparse.ArgumentParser:
