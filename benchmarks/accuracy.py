@@ -27,7 +27,6 @@ import torch
 
 from fps import machine_info
 
-from export.manifest import load_manifest
 from runtime.detector import StreamingRuntime
 from runtime.engines import open_backend
 from sltnet.atomic_io import atomic_write_text
@@ -37,6 +36,7 @@ from sltnet.data.records import StCocoDataset
 from sltnet.data.stcoco import read_stcoco_json
 from sltnet.evaluation import evaluate, parse_detections
 from sltnet.evaluation.detections import Detections
+from sltnet.contract import Manifest
 from sltnet.errors import SltnetError
 from sltnet.evaluation.inference import Streamer, coco_results, stream_dataset
 from sltnet.evaluation.report import subset_map
@@ -122,8 +122,8 @@ def score_row(row: Row, dataset: StCocoDataset) -> Dict:
 
 def score_engine(engine: str, backend_name: str, dataset: StCocoDataset, threads: Optional[int]) -> Dict:
     """An engine row: the export folder ``engine`` on one backend (skipped when it cannot run here)."""
-    manifest = load_manifest(engine)
-    name = f"{MODE_NAMES[manifest['mode']]}, {backend_name}"
+    manifest = Manifest.load(engine)
+    name = f"{MODE_NAMES[manifest.mode]}, {backend_name}"
     try:
         device = None if backend_name == "tensorrt" else "cpu"
         backend = open_backend(backend_name, engine, manifest, device=device, num_threads=threads)

@@ -21,8 +21,8 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
+from yacs.config import CfgNode
 
-from export.manifest import load_manifest
 from runtime.detector import StreamingRuntime
 from runtime.engines import onnxruntime_backend
 from sltnet.atomic_io import atomic_write_text
@@ -34,7 +34,8 @@ from sltnet.evaluation import evaluate
 from sltnet.evaluation.detections import Detections
 from sltnet.evaluation.inference import stream_dataset
 from sltnet.modeling.build import build_model
-from sltnet.modeling.streaming import FrameResult, StreamingDetector
+from sltnet.contract import FrameResult, Manifest, Window
+from sltnet.modeling.streaming import StreamingDetector
 
 MAX_MAP_DIFFERENCE = 0.2  # points of mAP@0.5
 MIN_SAME_COUNT_SHARE = 0.99
@@ -66,17 +67,18 @@ def compare(reference: Dict[int, FrameResult], engine: Dict[int, FrameResult]) -
     }
 
 
-def _check_same_setup(manifest: Dict, cfg) -> None:  # type: ignore[no-untyped-def]
-    score_thresh = manifest["detections"]["score_thresh"]
+def _check_same_setup(manifest: Manifest, cfg: CfgNode) -> None:
+    score_thresh = manifest.detections.score_thresh
     if abs(score_thresh - cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST) > 1e-9:
         raise SltnetError(
             f"the engines use score threshold {score_thresh}, the config {cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST}: "
             f"pass MODEL.ROI_HEADS.SCORE_THRESH_TEST {score_thresh}"
         )
     if cfg.MODEL.META_ARCHITECTURE == "SLTnet":
-        mode = "symmetric" if cfg.MODEL.SPATIOTEMPORAL.FORWARD_AGGREGATION else "sequential"
-        if mode != manifest["mode"]:
-            raise SltnetError(f"the engines are {manifest['mode']}, the config is {mode}")
+        st = cfg.MODEL.SPATIOTEMPORAL
+        mode = Window(st.NUM_FRAMES, st.FORWARD_AGGREGATION).temporal_mode()
+        if mode != manifest.mode:
+            raise SltnetError(f"the engines are {manifest.mode}, the config is {mode}")
 
 
 @console_entry
@@ -93,7 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    manifest = load_manifest(args.engine)
+    manifest = Manifest.load(args.engine)
     overrides = list(args.opts) + ["MODEL.DEVICE", "cpu"] + (["MODEL.WEIGHTS", args.weights] if args.weights else [])
     cfg = load_config(args.config_file, overrides)
     _check_same_setup(manifest, cfg)

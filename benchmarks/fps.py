@@ -43,10 +43,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from export.manifest import load_manifest
 from export.onnx_export import default_input_size
 from runtime.detector import TIMED_STAGES, StreamingRuntime
-from runtime.engines import manifest_overrides, open_backend
+from runtime.engines import open_backend
 from runtime.video import VideoSource
 from sltnet.atomic_io import atomic_write_text
 from sltnet.cli import ArgumentParser, console_entry
@@ -56,7 +55,9 @@ from sltnet.data.synthetic.sampling import SynthOptions, sample_video
 from sltnet.data.synthetic.writing import write_mp4
 from sltnet.errors import SltnetError
 from sltnet.modeling.build import build_model
-from sltnet.modeling.streaming import FrameResult, StreamingDetector
+from sltnet.contract import FrameResult, Manifest, Window
+from sltnet.deploy.modules import streaming_detector_of
+from sltnet.modeling.streaming import StreamingDetector
 
 DEFAULT_ENGINES = (
     "output/engines/small_sltnet_sequential",
@@ -83,9 +84,8 @@ class Target(NamedTuple):
     input_size: Tuple[int, int]
     config_file: str
     weights: str
-    overrides: Tuple[str, ...]
     engine_dir: Optional[str] = None
-    manifest: Optional[Dict] = None
+    manifest: Optional[Manifest] = None
 
 
 class FrameTiming(NamedTuple):
@@ -131,16 +131,14 @@ def _sync(on_cuda: bool) -> None:
 
 def engine_target(directory: str) -> Target:
     """A row target from an export folder; eager rows rebuild the model from its ``source``."""
-    manifest = load_manifest(directory)
-    source = manifest.get("source", {})
+    manifest = Manifest.load(directory)
     return Target(
         name=Path(directory).name,
-        mode=manifest["mode"],
-        num_frames=manifest["window"]["num_frames"],
-        input_size=tuple(manifest["input"]["shape"][2:]),
-        config_file=source.get("config_file", ""),
-        weights=source.get("weights", ""),
-        overrides=tuple(manifest_overrides(manifest)),
+        mode=manifest.mode,
+        num_frames=manifest.window.num_frames,
+        input_size=manifest.input.size,
+        config_file=manifest.source.get("config_file", ""),
+        weights=manifest.source.get("weights", ""),
         engine_dir=directory,
         manifest=manifest,
     )
@@ -151,11 +149,12 @@ def config_target(config_file: str, weights: str, input_size: Optional[Sequence[
     cfg = load_config(config_file, ["MODEL.WEIGHTS", weights])
     if cfg.MODEL.META_ARCHITECTURE == "SLTnet":
         st = cfg.MODEL.SPATIOTEMPORAL
-        mode, num_frames = ("symmetric" if st.FORWARD_AGGREGATION else "sequential"), st.NUM_FRAMES
+        window = Window(st.NUM_FRAMES, st.FORWARD_AGGREGATION)
+        mode, num_frames = window.temporal_mode(), window.num_frames
     else:
         mode, num_frames = "single_frame", 1
     size = tuple(input_size) if input_size else default_input_size(cfg)
-    return Target(f"{Path(config_file).stem} (config)", mode, num_frames, size, config_file, weights, ())
+    return Target(f"{Path(config_file).stem} (config)", mode, num_frames, size, config_file, weights)
 
 
 def eager_detector(target: Target, device: str) -> StreamingDetector:
@@ -163,9 +162,11 @@ def eager_detector(target: Target, device: str) -> StreamingDetector:
     for what, path in (("config file", target.config_file), ("weights", target.weights)):
         if not path or not Path(path).is_file():
             raise SltnetError(f"{target.name}: the eager row needs the model's {what}, {path!r} is not a file")
-    overrides = ["MODEL.WEIGHTS", target.weights, "MODEL.DEVICE", device, *target.overrides]
-    cfg = load_config(target.config_file, overrides)
-    return StreamingDetector.from_config(build_model(cfg).to(device), cfg)
+    cfg = load_config(target.config_file, ["MODEL.WEIGHTS", target.weights, "MODEL.DEVICE", device])
+    model = build_model(cfg).to(device)
+    if target.manifest is None:
+        return StreamingDetector.from_config(model, cfg)
+    return streaming_detector_of(model, target.manifest)
 
 
 def synthetic_video(folder: str, input_size: Tuple[int, int], num_frames: int, seed: int = 0) -> str:

@@ -15,10 +15,10 @@ from typing import Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from export.manifest import load_manifest
 from runtime.detector import StreamingRuntime
 from runtime.engines import BACKENDS, open_backend
 from sltnet.cli import ArgumentParser, console_entry
+from sltnet.contract import Manifest
 from sltnet.errors import SltnetError
 
 
@@ -53,10 +53,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not 0 < args.from_frame < args.frames:
         raise SltnetError(f"--from-frame {args.from_frame}: must be between 0 and --frames {args.frames}")
     torch.set_num_threads(args.threads)
-    manifest = load_manifest(args.engine)
+    manifest = Manifest.load(args.engine)
     backend = open_backend(args.backend, args.engine, manifest, num_threads=args.threads)
     runtime = StreamingRuntime(manifest, backend)
-    frames = moving_square(manifest["input"]["shape"][2:])
+    frames = moving_square(manifest.input.size)
     answered = 0
     for index in tqdm(range(args.frames), unit="frame", desc=backend.description):
         answered += len(runtime.push(frames[index % len(frames)]))

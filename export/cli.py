@@ -17,12 +17,13 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from yacs.config import CfgNode
 
-from export.manifest import build_manifest, write_manifest
+from export.manifest import build_manifest
 from export.onnx_export import check_exportable, default_input_size, export_onnx
 from export.tensorrt_build import build_engine, tensorrt_unavailable
 from export.trt_check import check_model, default_ops_table, load_ops_table
 from sltnet.cli import ArgumentParser, console_entry
 from sltnet.config import load_config
+from sltnet.contract import Manifest, TensorRTSection, Window
 from sltnet.data.catalog import add_catalog_arguments, catalog_from_args, load_dataset
 from sltnet.errors import SltnetError
 from sltnet.modeling.build import build_model
@@ -97,8 +98,6 @@ def _load_config(args: argparse.Namespace) -> CfgNode:
     overrides = list(args.opts) + ["MODEL.DEVICE", "cpu"]
     if args.weights:
         overrides += ["MODEL.WEIGHTS", args.weights]
-    if args.mode is not None:
-        overrides += ["MODEL.SPATIOTEMPORAL.FORWARD_AGGREGATION", "true" if args.mode == "symmetric" else "false"]
     cfg = load_config(args.config_file, overrides)
     if args.mode is not None and cfg.MODEL.META_ARCHITECTURE != "SLTnet":
         raise SltnetError(
@@ -143,13 +142,13 @@ def _check_trt(args: argparse.Namespace, out: Path, names: Sequence[str]) -> Non
         raise SltnetError(f"static TensorRT check: {failures} problems in {out} (listed above)")
 
 
-def _build_tensorrt(args: argparse.Namespace, out: Path, manifest: dict) -> None:
+def _build_tensorrt(args: argparse.Namespace, out: Path, manifest: Manifest) -> None:
     timing_cache = Path(args.timing_cache) if args.timing_cache else out / TIMING_CACHE
-    for engine in manifest["engines"].values():
-        onnx_path = out / engine["onnx"]
-        engine_name = Path(engine["onnx"]).with_suffix(ENGINE_SUFFIX).name
+    for _, engine in manifest.engines.items():
+        onnx_path = out / engine.onnx
+        engine_name = Path(engine.onnx).with_suffix(ENGINE_SUFFIX).name
         print(f"building {out / engine_name} ({'fp16' if args.fp16 else 'fp32'})", flush=True)
-        shapes = {spec["name"]: spec["shape"] for spec in engine["inputs"]}
+        shapes = {spec.name: list(spec.shape) for spec in engine.inputs}
         build_engine(
             onnx_path,
             out / engine_name,
@@ -158,15 +157,15 @@ def _build_tensorrt(args: argparse.Namespace, out: Path, manifest: dict) -> None
             timing_cache=timing_cache,
             input_shapes=shapes,
         )
-        engine["tensorrt"] = engine_name
+        engine.tensorrt = engine_name
     import tensorrt
 
-    manifest["tensorrt"] = {
-        "version": tensorrt.__version__,
-        "precision": "fp16" if args.fp16 else "fp32",
-        "workspace_mib": args.workspace_mib,
-        "device": torch.cuda.get_device_name(),
-    }
+    manifest.tensorrt = TensorRTSection(
+        version=tensorrt.__version__,
+        precision="fp16" if args.fp16 else "fp32",
+        workspace_mib=args.workspace_mib,
+        device=torch.cuda.get_device_name(),
+    )
 
 
 @console_entry
@@ -184,12 +183,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         flush=True,
     )
     model = build_model(cfg)
+    if args.mode is not None:
+        model.window = Window.of_mode(args.mode, model.window.num_frames)
     engines = export_onnx(model, cfg, out, input_size)
     source = {"config_file": args.config_file, "weights": cfg.MODEL.WEIGHTS}
     manifest = build_manifest(cfg, engines, classes, category_ids, source)
-    write_manifest(out, manifest)
-    onnx_names = [engine["onnx"] for engine in manifest["engines"].values()]
-    print(f"wrote {', '.join(onnx_names)} and manifest.json to {out} ({manifest['mode']})", flush=True)
+    manifest.write(out)
+    onnx_names = [engine.onnx for _, engine in manifest.engines.items()]
+    print(f"wrote {', '.join(onnx_names)} and manifest.json to {out} ({manifest.mode})", flush=True)
 
     if args.check_trt:
         _check_trt(args, out, onnx_names)
@@ -198,6 +199,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if reason is not None:
             raise SltnetError(f"--format trt: {reason}; the ONNX engines and manifest.json are in {out}")
         _build_tensorrt(args, out, manifest)
-        write_manifest(out, manifest)
+        manifest.write(out)
         print(f"wrote TensorRT engines to {out}", flush=True)
     return 0

@@ -4,7 +4,7 @@ Exporter: PyTorch's TorchScript exporter (``torch.onnx.export(..., dynamo=False)
 opset 17, which traces the fixed-shape engines into static graphs with Reduce ``axes`` as
 attributes and torchvision's RoIAlign symbolic (``coordinate_transformation_mode=half_pixel``,
 explicit ``sampling_ratio``). Two symbolics are adjusted while exporting: NMS (see
-:mod:`export.static_ops`) and ``isfinite``, whose stock symbolic casts to double, a type TensorRT
+:mod:`sltnet.deploy.static_ops`) and ``isfinite``, whose stock symbolic casts to double, a type TensorRT
 does not have.
 
 Every input and output has a fixed shape (the traced output shapes are written into the graph,
@@ -16,17 +16,17 @@ import io
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NamedTuple, Sequence, Tuple, Union
+from typing import Iterator, NamedTuple, Sequence, Tuple, Union
 
 import onnx
 import torch
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
-from export.frame_engine import IMAGE_INPUT, FrameEngine
-from export.temporal_engine import TemporalEngine
 from sltnet.atomic_io import atomic_output
+from sltnet.contract import IMAGE_INPUT, EngineSection, TensorSpec
 from sltnet.data.transforms import ImagePreprocessor
+from sltnet.deploy.modules import EngineModules, build_engine_modules
 from sltnet.errors import SltnetError
 from sltnet.modeling.baseline import FasterRCNN
 from sltnet.modeling.sltnet import SLTnet
@@ -36,43 +36,12 @@ FRAME_ONNX = "frame.onnx"
 TEMPORAL_ONNX = "temporal.onnx"
 
 
-class TensorSpec(NamedTuple):
-    """Name, static shape and NumPy dtype name (``float32``, ``uint8``, ``int64``, ``bool``) of an engine I/O tensor."""
-
-    name: str
-    shape: List[int]
-    dtype: str
-
-
-class EngineModules(NamedTuple):
-    """The two engines of a model as PyTorch modules, with example inputs for tracing.
-
-    Attributes:
-        frame, temporal: the engines.
-        input_size: (height, width) of the frame engine's image.
-        resized_size: (height, width) of the frame after the resize, before padding.
-        frame_inputs, temporal_inputs: example inputs, in the engines' input order.
-    """
-
-    frame: FrameEngine
-    temporal: TemporalEngine
-    input_size: Tuple[int, int]
-    resized_size: Tuple[int, int]
-    frame_inputs: List[Tensor]
-    temporal_inputs: List[Tensor]
-
-
 class ExportedEngines(NamedTuple):
-    """The exported engines and their graphs' I/O.
-
-    Attributes:
-        modules: the PyTorch modules that were exported.
-        frame_io, temporal_io: ``{"inputs": [TensorSpec], "outputs": [TensorSpec]}`` of each graph.
-    """
+    """The exported engines: the PyTorch modules that were exported, and each graph's file and I/O."""
 
     modules: EngineModules
-    frame_io: Dict[str, List[TensorSpec]]
-    temporal_io: Dict[str, List[TensorSpec]]
+    frame: EngineSection
+    temporal: EngineSection
 
 
 def default_input_size(cfg: CfgNode) -> Tuple[int, int]:
@@ -106,14 +75,14 @@ def _float_isfinite() -> Iterator[None]:
         torch.onnx.unregister_custom_op_symbolic("aten::isfinite", OPSET)
 
 
-def tensor_specs(values: Sequence[onnx.ValueInfoProto]) -> List[TensorSpec]:
+def tensor_specs(values: Sequence[onnx.ValueInfoProto]) -> list[TensorSpec]:
     """Specs of graph inputs or outputs (-1 for a dimension without a fixed size)."""
     specs = []
     for value in values:
         tensor_type = value.type.tensor_type
         shape = [dim.dim_value if dim.HasField("dim_value") else -1 for dim in tensor_type.shape.dim]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
-        specs.append(TensorSpec(value.name, shape, dtype))
+        specs.append(TensorSpec(name=value.name, shape=tuple(shape), dtype=dtype))
     return specs
 
 
@@ -131,11 +100,11 @@ def export_module(
     input_names: Sequence[str],
     output_names: Sequence[str],
     path: Path,
-) -> Dict[str, List[TensorSpec]]:
+) -> EngineSection:
     """Export one engine to ``path`` (written atomically) and check the graph.
 
     Returns:
-        ``{"inputs": [...], "outputs": [...]}`` tensor specs of the graph.
+        the graph's file name and tensor specs.
     Raises:
         SltnetError: the graph fails ``onnx.checker``.
     """
@@ -166,48 +135,9 @@ def export_module(
         raise SltnetError(f"{path}: exported graph fails onnx.checker: {str(err).splitlines()[0]}") from None
     with atomic_output(path, "wb") as stream:
         stream.write(graph.SerializeToString())
-    return {"inputs": tensor_specs(graph.graph.input), "outputs": tensor_specs(graph.graph.output)}
-
-
-def _example_memory(temporal: TemporalEngine, like: Tensor) -> List[Tensor]:
-    """K memory slots of plausible rows, half of them valid, so tracing sees the masked path used at
-    run time; in input order (features, boxes, valid of slot 0, then slot 1, ...)."""
-    generator = torch.Generator().manual_seed(0)
-    slots: List[Tensor] = []
-    for _ in range(temporal.num_keyframes):
-        features, boxes, valid = temporal.empty_entry(like)
-        features = torch.rand(features.shape, generator=generator).to(like)
-        corners = torch.rand((len(boxes), 2), generator=generator) * 0.5 * min(temporal.image_size)
-        boxes = torch.cat([corners, corners + 8], dim=1).to(like)
-        valid[: len(valid) // 2] = True
-        slots += [features, boxes, valid]
-    return slots
-
-
-def build_engine_modules(model: Union[SLTnet, FasterRCNN], cfg: CfgNode, input_size: Tuple[int, int]) -> EngineModules:
-    """Split ``model`` (switched to inference mode) into its frame and temporal engines.
-
-    Args:
-        cfg: the model's config (preprocessing, memory size).
-        input_size: (height, width) of the frames the engines will take.
-    Raises:
-        SltnetError: a config the engines cannot reproduce.
-    """
-    check_exportable(cfg)
-    frame = FrameEngine(model, ImagePreprocessor.from_config(cfg)).eval()
-    generator = torch.Generator().manual_seed(0)
-    image = torch.randint(0, 256, (1, 3, *input_size), dtype=torch.uint8, generator=generator)
-    with torch.no_grad():
-        frame_outputs = frame(image)
-        anchors_per_level, mosaic = frame.layout(image)
-    resized_size = frame.resized_size(input_size)
-    temporal = TemporalEngine(model, anchors_per_level, mosaic, resized_size, cfg.MODEL.SPATIOTEMPORAL.NUM_KEYFRAMES)
-    by_name = dict(zip(frame.output_names, frame_outputs))
-    temporal_inputs: List[Tensor] = [
-        by_name[output] for slot in range(temporal.window_size) for output in temporal.slot_outputs(slot)
-    ]
-    temporal_inputs += _example_memory(temporal, frame_outputs[-1])
-    return EngineModules(frame, temporal, tuple(input_size), resized_size, [image], temporal_inputs)
+    return EngineSection(
+        onnx=path.name, inputs=tensor_specs(graph.graph.input), outputs=tensor_specs(graph.graph.output)
+    )
 
 
 def export_onnx(
@@ -215,19 +145,18 @@ def export_onnx(
 ) -> ExportedEngines:
     """Write ``frame.onnx`` and ``temporal.onnx`` for ``model`` into ``out_dir``.
 
-    Args: as :func:`build_engine_modules`.
+    Args:
+        cfg: the model's config (preprocessing, memory size).
+        input_size: (height, width) of the frames the engines will take.
     Raises:
         SltnetError: a config the engines cannot reproduce, or a graph that fails its checks.
     """
-    modules = build_engine_modules(model, cfg, input_size)
+    check_exportable(cfg)
+    preprocessor = ImagePreprocessor.from_config(cfg)
+    modules = build_engine_modules(model, preprocessor, input_size, cfg.MODEL.SPATIOTEMPORAL.NUM_KEYFRAMES)
     frame, temporal = modules.frame, modules.temporal
     frame_io = export_module(frame, modules.frame_inputs, [IMAGE_INPUT], frame.output_names, out_dir / FRAME_ONNX)
     temporal_io = export_module(
         temporal, modules.temporal_inputs, temporal.input_names, temporal.output_names, out_dir / TEMPORAL_ONNX
     )
     return ExportedEngines(modules, frame_io, temporal_io)
-
-
-def engine_io_json(io_specs: Dict[str, List[TensorSpec]]) -> Dict[str, Any]:
-    """Tensor specs as JSON-ready lists of ``{"name", "shape", "dtype"}``."""
-    return {kind: [spec._asdict() for spec in specs] for kind, specs in io_specs.items()}

@@ -8,40 +8,20 @@ have none), FP16 through the builder flag (deprecated since TensorRT 10.12 and g
 ``tensorrt<11``), then ``build_serialized_network``; the plan is written atomically beside the ONNX.
 
 ``tensorrt`` is imported only when needed: without it, or without a CUDA GPU,
-:func:`tensorrt_unavailable` says why in one line.
+:func:`runtime.engines.tensorrt_unavailable` says why in one line.
 
 Built engines are run by :mod:`runtime.engines` (named tensors, ``set_tensor_address`` +
 ``execute_async_v3`` on a dedicated CUDA stream, buffers from torch CUDA tensors).
 """
 
-import importlib
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import torch
 
+from runtime.engines import tensorrt_unavailable
 from sltnet.atomic_io import atomic_output
 from sltnet.errors import SltnetError
-
-TENSORRT_MAJOR = 10
-
-
-def tensorrt_unavailable() -> Optional[str]:
-    """Why TensorRT engines cannot be built or run here (None when they can)."""
-    try:
-        trt = importlib.import_module("tensorrt")
-    except ImportError as err:
-        return f"the tensorrt package is not installed ({err}); install 'tensorrt>=10,<11'"
-    major = int(trt.__version__.split(".")[0])
-    if major != TENSORRT_MAJOR:
-        return (
-            f"tensorrt {trt.__version__} is installed, the export needs the TensorRT {TENSORRT_MAJOR} API "
-            "('tensorrt>=10,<11')"
-        )
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is available to torch"
-    return None
-
 
 def _parser_errors(parser, onnx_path: Path) -> str:  # type: ignore[no-untyped-def]
     """Every parser error on one line, with the ONNX node each one names."""

@@ -18,7 +18,6 @@ from typing import Dict, List, Optional, Sequence
 
 from tqdm import tqdm
 
-from export.manifest import load_manifest
 from runtime.detector import StreamingRuntime
 from runtime.draw import annotate
 from runtime.engines import BACKENDS, open_backend
@@ -26,7 +25,7 @@ from runtime.video import VideoSource, VideoWriter
 from sltnet.atomic_io import atomic_write_text
 from sltnet.cli import ArgumentParser, console_entry
 from sltnet.errors import SltnetError
-from sltnet.modeling.streaming import FrameResult
+from sltnet.contract import FrameResult, Manifest
 
 DEFAULT_ENGINE = "./output/engines/small_sltnet_sequential"
 FPS_SMOOTHING = 0.9  # weight of the past in the overlay's moving average
@@ -87,7 +86,7 @@ def gt_image_ids(gt_json: str, video_name: str) -> List[int]:
     return [image_id for _, image_id in frames]
 
 
-def coco_results(result: FrameResult, timestamp: float, image_id: int, manifest: Dict) -> List[Dict]:
+def coco_results(result: FrameResult, timestamp: float, image_id: int, manifest: Manifest) -> List[Dict]:
     """One COCO result per detection, with the frame index, its timestamp and the class name."""
     entries = []
     for (x1, y1, x2, y2), score, label in zip(result.boxes.tolist(), result.scores.tolist(), result.classes.tolist()):
@@ -96,8 +95,8 @@ def coco_results(result: FrameResult, timestamp: float, image_id: int, manifest:
                 "image_id": image_id,
                 "frame_index": result.frame_index,
                 "timestamp": round(timestamp, 6),
-                "category_id": manifest["category_ids"][label],
-                "category_name": manifest["classes"][label],
+                "category_id": manifest.category_ids[label],
+                "category_name": manifest.classes[label],
                 "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
                 "score": round(score, 6),
             }
@@ -112,11 +111,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SltnetError(f"--max-frames {args.max_frames}: must be at least 1")
     _check_writable("--out", args.out)
     _check_writable("--json", args.json)
-    manifest = load_manifest(args.engine)
+    manifest = Manifest.load(args.engine)
     source = VideoSource(args.video, args.max_frames, args.fps)
     writer = None
     try:
-        height, width = manifest["input"]["shape"][2:]
+        height, width = manifest.input.size
         if (source.height, source.width) != (height, width):
             raise SltnetError(
                 f"{args.video}: frames are {source.width}x{source.height}, the engines in {args.engine} take "
@@ -144,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 image_id = image_ids[result.frame_index] if image_ids is not None else result.frame_index
                 detections.extend(coco_results(result, timestamp, image_id, manifest))
                 if writer is not None:
-                    writer.write(annotate(image.permute(1, 2, 0).numpy(), result, manifest["classes"], fps))
+                    writer.write(annotate(image.permute(1, 2, 0).numpy(), result, manifest.classes, fps))
 
         with tqdm(total=source.num_frames, unit="frame", disable=args.no_progress, desc="sltnet-run") as bar:
             for frame in source:

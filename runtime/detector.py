@@ -6,7 +6,7 @@ Its state is allocated once, on the backend's device, when it is created:
 - a ring of window slots, one per window position (N sequential, 2N + 1 symmetric); frame f's
   frame-engine outputs are written by the engine straight into slot f mod size;
 - the temporal engine's window inputs ``frame{i}_<output>`` are bound to the slots of the frames
-  ``window_indices(...)``: rotating the window re-binds addresses and never copies features, and
+  ``Window.indices``: rotating the window re-binds addresses and never copies features, and
   start/end padding binds the first/last frame's slot several times;
 - a :class:`MemoryRing` of K + 1 slots of P rows with a validity mask: K are bound as the
   ``memory{k}_*`` inputs and the spare one as the ``entry_*`` outputs, so the temporal engine writes
@@ -33,15 +33,21 @@ from typing import Callable, ContextManager, Deque, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from runtime.engines import Backend, TensorSpec, manifest_specs
-from sltnet.data.sampling import window_indices
+from runtime.engines import Backend
+from sltnet.contract import (
+    DETECTION_OUTPUTS,
+    MEMORY_PARTS,
+    FrameResult,
+    Manifest,
+    MemorySection,
+    TensorSpec,
+    entry_output_name,
+    memory_input_name,
+    slot_input_name,
+)
 from sltnet.data.transforms import scale_boxes
 from sltnet.errors import SltnetError
-from sltnet.modeling.streaming import FrameResult
 
-MEMORY_PARTS = ("features", "boxes", "valid")
-ENTRY_OUTPUTS = tuple(f"entry_{part}" for part in MEMORY_PARTS)
-DETECTION_OUTPUTS = ("det_boxes", "det_scores", "det_classes", "det_count")
 # What a ``timer`` sees: image upload, the two engine runs, detections to a FrameResult.
 TIMED_STAGES = ("preprocess", "frame_engine", "temporal_engine", "postprocess")
 StageTimer = Callable[[str], ContextManager[None]]
@@ -53,7 +59,7 @@ def _untimed(stage: str) -> ContextManager[None]:
 
 def _empty(spec: TensorSpec, device: torch.device) -> Tensor:
     """One ring buffer (zeros, so an unwritten slot never holds NaNs)."""
-    return torch.zeros(spec.shape, dtype=spec.dtype, device=device)
+    return torch.zeros(spec.shape, dtype=spec.torch_dtype, device=device)
 
 
 class MemoryRing:
@@ -71,16 +77,15 @@ class MemoryRing:
     def __init__(
         self,
         specs: Dict[str, TensorSpec],
-        slot_input: str,
         num_keyframes: int,
         keyframe_interval: int,
         device: torch.device,
     ) -> None:
-        self.slot_input = slot_input
         self.num_keyframes = num_keyframes
         self.keyframe_interval = keyframe_interval
         self.slots = [
-            {part: _empty(specs[f"entry_{part}"], device) for part in MEMORY_PARTS} for _ in range(num_keyframes + 1)
+            {part: _empty(specs[entry_output_name(part)], device) for part in MEMORY_PARTS}
+            for _ in range(num_keyframes + 1)
         ]
         self.order = list(range(num_keyframes + 1))
         self.num_writes = 0
@@ -95,7 +100,7 @@ class MemoryRing:
         for position, index in enumerate(self.order):
             for part, tensor in self.slots[index].items():
                 spare = position == self.num_keyframes
-                named[f"entry_{part}" if spare else self.slot_input.format(slot=position, part=part)] = tensor
+                named[entry_output_name(part) if spare else memory_input_name(position, part)] = tensor
         return named
 
     def reset(self) -> None:
@@ -117,7 +122,7 @@ class StreamingRuntime:
     """Push the frames of one video at a time; get each frame's result once its window is complete.
 
     Args:
-        manifest: the export's manifest (``export.manifest.load_manifest``).
+        manifest: the export's manifest (:meth:`sltnet.contract.Manifest.load`).
         backend: the engines (:func:`runtime.engines.open_backend`).
         score_thresh: keep detections scoring at least this (default: the export's threshold, which
             the temporal engine applies; a lower one cannot be recovered).
@@ -129,23 +134,17 @@ class StreamingRuntime:
 
     def __init__(
         self,
-        manifest: Dict,
+        manifest: Manifest,
         backend: Backend,
         score_thresh: Optional[float] = None,
         timer: Optional[StageTimer] = None,
     ) -> None:
         self.backend = backend
         self._timer = timer or _untimed
-        window, memory = manifest["window"], manifest["memory"]
-        self.window_size = window["size"]
-        self.num_frames = window["num_frames"]
-        self.symmetric = manifest["mode"] == "symmetric"
-        self.latency = window["latency_frames"]
-        self.reference_position = window["reference_position"]
-        self.slot_input: str = window["slot_input"]
-        self.input_size: Tuple[int, int] = tuple(manifest["input"]["shape"][2:])
-        self.resized_size: Tuple[int, int] = tuple(manifest["input"]["resized_size"])
-        baked_thresh = manifest["detections"]["score_thresh"]
+        self.window = manifest.frame_window
+        self.input_size = manifest.input.size
+        self.resized_size = manifest.input.resized_size
+        baked_thresh = manifest.detections.score_thresh
         if score_thresh is not None and score_thresh < baked_thresh:
             raise SltnetError(
                 f"--score-thresh {score_thresh}: below the threshold {baked_thresh} built into the engines "
@@ -153,34 +152,31 @@ class StreamingRuntime:
             )
         self.score_thresh = score_thresh
 
-        frame_outputs = manifest_specs(manifest["engines"]["frame"]["outputs"])
-        temporal_inputs = manifest_specs(manifest["engines"]["temporal"]["inputs"])
-        temporal_outputs = manifest_specs(manifest["engines"]["temporal"]["outputs"])
+        frame_outputs = manifest.engines.frame.output_specs()
+        temporal_inputs = manifest.engines.temporal.input_specs()
+        temporal_outputs = manifest.engines.temporal.output_specs()
         # Per window position, the (frame output, temporal input) pairs it binds: the engine takes
         # only the outputs it uses (the objectness logits of the reference frame alone).
         self._slot_bindings = [
             [
                 (name, input_name)
                 for name in frame_outputs
-                if (input_name := self.slot_input.format(slot=position, output=name)) in temporal_inputs
+                if (input_name := slot_input_name(position, name)) in temporal_inputs
             ]
-            for position in range(self.window_size)
+            for position in range(self.window.size)
         ]
+        memory = manifest.memory
         _check_specs(temporal_inputs, _input_sources(frame_outputs, temporal_outputs, self._slot_bindings, memory))
         device = backend.device
-        self.image = _empty(
-            manifest_specs([manifest["engines"]["frame"]["inputs"][0]])[manifest["input"]["tensor"]], device
-        )
-        self.image_name = manifest["input"]["tensor"]
+        self.image_name = manifest.input.tensor
+        self.image = _empty(manifest.engines.frame.input_specs()[self.image_name], device)
         self.slots: List[Dict[str, Tensor]] = [
-            {name: _empty(spec, device) for name, spec in frame_outputs.items()} for _ in range(self.window_size)
+            {name: _empty(spec, device) for name, spec in frame_outputs.items()} for _ in range(self.window.size)
         ]
         self.detections = {name: _empty(temporal_outputs[name], device) for name in DETECTION_OUTPUTS}
         self.memory: Optional[MemoryRing] = None
-        if memory["long_term"]:
-            self.memory = MemoryRing(
-                temporal_outputs, memory["slot_input"], memory["num_keyframes"], memory["keyframe_interval"], device
-            )
+        if memory.long_term:
+            self.memory = MemoryRing(temporal_outputs, memory.num_keyframes, memory.keyframe_interval, device)
         on_cuda = device.type == "cuda"
         # Pinned host mirrors: the image goes up and the detections come down asynchronously.
         self._host_image = torch.empty_like(self.image, device="cpu").pin_memory() if on_cuda else None
@@ -241,7 +237,7 @@ class StreamingRuntime:
             )
         frame_index = self._num_frames
         self._num_frames += 1
-        slot = self.slots[frame_index % self.window_size]
+        slot = self.slots[frame_index % self.window.size]
         with self._stream():
             with self._timer("preprocess"):
                 self._upload(image)
@@ -251,7 +247,7 @@ class StreamingRuntime:
                 self.backend.frame.run()
             self._pending.append(frame_index)
             results = []
-            while self._pending and self._pending[0] + self.latency <= frame_index:
+            while self._pending and self._pending[0] + self.window.latency <= frame_index:
                 results.append(self._detect(self._pending.popleft()))
         return results
 
@@ -273,9 +269,9 @@ class StreamingRuntime:
 
     def _detect(self, reference: int) -> FrameResult:
         temporal = self.backend.temporal
-        indices = window_indices(reference, self._num_frames, self.num_frames, self.symmetric)
+        indices = self.window.indices(reference, self._num_frames)
         for position, index in enumerate(indices):
-            slot = self.slots[index % self.window_size]
+            slot = self.slots[index % self.window.size]
             for name, input_name in self._slot_bindings[position]:
                 temporal.bind(input_name, slot[name])
         with self._timer("temporal_engine"):
@@ -305,7 +301,7 @@ def _input_sources(
     frame_outputs: Dict[str, TensorSpec],
     temporal_outputs: Dict[str, TensorSpec],
     slot_bindings: List[List[Tuple[str, str]]],
-    memory: Dict,
+    memory: MemorySection,
 ) -> Dict[str, Tuple[str, TensorSpec]]:
     """{temporal input: (what the runtime binds to it, that buffer's spec)} for the window and memory inputs."""
     sources = {
@@ -313,18 +309,21 @@ def _input_sources(
         for pairs in slot_bindings
         for name, input_name in pairs
     }
-    if memory["long_term"]:
-        for slot in range(memory["num_keyframes"]):
+    if memory.long_term:
+        for slot in range(memory.num_keyframes):
             for part in MEMORY_PARTS:
-                name = memory["slot_input"].format(slot=slot, part=part)
-                sources[name] = (f"a memory slot's {part!r}", temporal_outputs[f"entry_{part}"])
+                sources[memory_input_name(slot, part)] = (
+                    f"a memory slot's {part!r}",
+                    temporal_outputs[entry_output_name(part)],
+                )
     return sources
 
 
 def _check_specs(temporal_inputs: Dict[str, TensorSpec], sources: Dict[str, Tuple[str, TensorSpec]]) -> None:
     """Every temporal input in ``sources`` takes the buffer bound to it as it is."""
     for name, (source, spec) in sources.items():
-        if temporal_inputs.get(name) != spec:
+        expected = temporal_inputs.get(name)
+        if expected is None or not expected.fits(spec):
             raise SltnetError(
                 f"manifest.json: temporal input {name!r} does not take {source} {list(spec.shape)} (export again)"
             )

@@ -5,7 +5,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sltnet.modeling.streaming import FrameResult
+from sltnet.contract import FrameResult
 
 # Distinct colours, one per class (cycled beyond eight classes).
 PALETTE = (

@@ -15,29 +15,20 @@ buffer is how the runtime rotates its window; binding the same buffer again is f
 :func:`open_backend` opens one by name; ``"auto"`` takes the fastest available.
 """
 
+import importlib
 import importlib.util
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sltnet.contract import MANIFEST_FILE, Manifest, TensorSpec
 from sltnet.errors import SltnetError
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
-
-
-class TensorSpec(NamedTuple):
-    """Static shape and torch dtype of one engine I/O tensor."""
-
-    shape: Tuple[int, ...]
-    dtype: torch.dtype
-
-
-def manifest_specs(tensors: Sequence[Dict]) -> Dict[str, TensorSpec]:
-    """``{name: TensorSpec}`` of a manifest's ``inputs`` or ``outputs`` list (NumPy dtype names)."""
-    return {t["name"]: TensorSpec(tuple(t["shape"]), getattr(torch, t["dtype"])) for t in tensors}
+TENSORRT_MAJOR = 10
 
 
 class BoundEngine:
@@ -69,9 +60,9 @@ class BoundEngine:
         if self._bound.get(name) is tensor:
             return
         spec = self.inputs.get(name) or self.outputs[name]
-        if tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype or not tensor.is_contiguous():
+        if tuple(tensor.shape) != spec.shape or tensor.dtype != spec.torch_dtype or not tensor.is_contiguous():
             raise ValueError(
-                f"tensor {name!r}: the engine takes contiguous {spec.dtype} {list(spec.shape)}, "
+                f"tensor {name!r}: the engine takes contiguous {spec.torch_dtype} {list(spec.shape)}, "
                 f"got {tensor.dtype} {list(tensor.shape)}"
             )
         self._set_address(name, tensor)
@@ -87,7 +78,8 @@ class BoundEngine:
         for name in self.input_names:
             self.bind(name, feeds[name].to(self.device).contiguous())
         outputs = {
-            name: torch.empty(spec.shape, dtype=spec.dtype, device=self.device) for name, spec in self.outputs.items()
+            name: torch.empty(spec.shape, dtype=spec.torch_dtype, device=self.device)
+            for name, spec in self.outputs.items()
         }
         for name, tensor in outputs.items():
             self.bind(name, tensor)
@@ -219,77 +211,52 @@ class Backend(NamedTuple):
     stream: Optional["torch.cuda.Stream"] = None
 
 
-def _engine_specs(manifest: Dict, engine: str) -> Tuple[Dict[str, TensorSpec], Dict[str, TensorSpec]]:
-    entry = manifest["engines"][engine]
-    return manifest_specs(entry["inputs"]), manifest_specs(entry["outputs"])
-
-
 def module_backend(
-    frame: nn.Module, temporal: nn.Module, manifest: Dict, device: Union[str, torch.device] = "cpu"
+    frame: nn.Module, temporal: nn.Module, manifest: Manifest, device: Union[str, torch.device] = "cpu"
 ) -> Backend:
-    """The ``torch`` backend on engine modules (``export.onnx_export.build_engine_modules``)."""
+    """The ``torch`` backend on engine modules (:func:`sltnet.deploy.modules.build_engine_modules`)."""
     device = torch.device(device)
-    frame_engine = TorchEngine(frame, *_engine_specs(manifest, "frame"), device)
-    temporal_engine = TorchEngine(temporal, *_engine_specs(manifest, "temporal"), device)
+    frame_engine = TorchEngine(frame, manifest.engines.frame.input_specs(), manifest.engines.frame.output_specs(), device)
+    temporal_engine = TorchEngine(
+        temporal, manifest.engines.temporal.input_specs(), manifest.engines.temporal.output_specs(), device
+    )
     return Backend("torch", f"torch ({device.type})", device, frame_engine, temporal_engine)
 
 
-def manifest_overrides(manifest: Dict) -> List[str]:
-    """Config overrides that give a rebuilt model the engines' baked-in settings."""
-    window, memory, rpn, detections = manifest["window"], manifest["memory"], manifest["rpn"], manifest["detections"]
-    overrides = [
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(detections["score_thresh"]),
-        "MODEL.ROI_HEADS.NMS_THRESH_TEST", str(detections["nms_thresh"]),
-        "MODEL.RPN.PRE_NMS_TOPK_TEST", str(rpn["pre_nms_topk"]),
-        "MODEL.RPN.POST_NMS_TOPK_TEST", str(rpn["post_nms_topk"]),
-        "MODEL.RPN.NMS_THRESH", str(rpn["nms_thresh"]),
-        "MODEL.PROPOSAL_GENERATOR.MIN_SIZE", str(rpn["min_size"]),
-    ]  # fmt: skip
-    if manifest["mode"] != "single_frame":
-        overrides += [
-            "MODEL.SPATIOTEMPORAL.NUM_FRAMES", str(window["num_frames"]),
-            "MODEL.SPATIOTEMPORAL.FORWARD_AGGREGATION", str(manifest["mode"] == "symmetric").lower(),
-        ]  # fmt: skip
-    if memory["long_term"]:
-        overrides += [
-            "MODEL.SPATIOTEMPORAL.NUM_KEYFRAMES", str(memory["num_keyframes"]),
-            "MODEL.SPATIOTEMPORAL.KEYFRAME_INTERVAL", str(memory["keyframe_interval"]),
-        ]  # fmt: skip
-    return overrides
-
-
-def torch_backend(directory: Union[str, Path], manifest: Dict, device: Union[str, torch.device] = "cpu") -> Backend:
-    """The ``torch`` backend rebuilt from the export's ``source`` config and weights.
+def torch_backend(
+    directory: Union[str, Path], manifest: Manifest, device: Union[str, torch.device] = "cpu"
+) -> Backend:
+    """The ``torch`` backend: the engines as PyTorch modules of the model in the export's ``source``
+    config and weights, with the settings the manifest states.
 
     Raises:
         SltnetError: the source files are gone, or the rebuilt engines' tensors differ from the manifest's.
     """
-    from export.onnx_export import build_engine_modules
     from sltnet.config import load_config
+    from sltnet.deploy.modules import engine_modules_of
     from sltnet.modeling.build import build_model
 
-    source = manifest.get("source", {})
-    config_file, weights = source.get("config_file"), source.get("weights")
+    config_file, weights = manifest.source.get("config_file"), manifest.source.get("weights")
     for what, path in (("config_file", config_file), ("weights", weights)):
         if not path or not Path(path).is_file():
             raise SltnetError(
-                f"{Path(directory) / 'manifest.json'}: the torch backend rebuilds the model from source.{what} "
+                f"{Path(directory) / MANIFEST_FILE}: the torch backend rebuilds the model from source.{what} "
                 f"{path!r}, which is not a file here (use --backend onnxruntime)"
             )
-    cfg = load_config(config_file, ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu", *manifest_overrides(manifest)])
-    modules = build_engine_modules(build_model(cfg), cfg, tuple(manifest["input"]["shape"][2:]))
-    names = (list(modules.frame.output_names), list(modules.temporal.input_names), list(modules.temporal.output_names))
-    frame_specs, temporal_specs = _engine_specs(manifest, "frame"), _engine_specs(manifest, "temporal")
-    if names != (list(frame_specs[1]), list(temporal_specs[0]), list(temporal_specs[1])):
+    cfg = load_config(config_file, ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu"])
+    modules = engine_modules_of(build_model(cfg), manifest)
+    names = (modules.frame.output_names, modules.temporal.input_names, modules.temporal.output_names)
+    frame, temporal = manifest.engines.frame, manifest.engines.temporal
+    if names != ([s.name for s in frame.outputs], [s.name for s in temporal.inputs], [s.name for s in temporal.outputs]):
         raise SltnetError(
-            f"{Path(directory) / 'manifest.json'}: the model rebuilt from {config_file} has other engine tensors"
+            f"{Path(directory) / MANIFEST_FILE}: the model rebuilt from {config_file} has other engine tensors"
         )
     return module_backend(modules.frame, modules.temporal, manifest, device)
 
 
 def onnxruntime_backend(
     directory: Union[str, Path],
-    manifest: Dict,
+    manifest: Manifest,
     device: Union[str, torch.device] = "cpu",
     num_threads: Optional[int] = None,
 ) -> Backend:
@@ -297,25 +264,35 @@ def onnxruntime_backend(
     device = torch.device(device)
     engines = [
         OnnxRuntimeEngine(
-            Path(directory) / manifest["engines"][name]["onnx"], *_engine_specs(manifest, name), device, num_threads
+            Path(directory) / engine.onnx, engine.input_specs(), engine.output_specs(), device, num_threads
         )
-        for name in ("frame", "temporal")
+        for _, engine in manifest.engines.items()
     ]
     provider = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
     return Backend("onnxruntime", f"onnxruntime ({provider})", device, *engines)
 
 
-def tensorrt_unavailable(manifest: Optional[Dict] = None) -> Optional[str]:
-    """Why the ``tensorrt`` backend cannot run here (None when it can)."""
-    from export.tensorrt_build import tensorrt_unavailable as runtime_unavailable
+def tensorrt_unavailable(manifest: Optional[Manifest] = None) -> Optional[str]:
+    """Why TensorRT engines cannot be built or run here, or (given ``manifest``) why this export
+    cannot run on the ``tensorrt`` backend; None when they can."""
+    try:
+        trt = importlib.import_module("tensorrt")
+    except ImportError as err:
+        return f"the tensorrt package is not installed ({err}); install 'tensorrt>=10,<11'"
+    major = int(trt.__version__.split(".")[0])
+    if major != TENSORRT_MAJOR:
+        return (
+            f"tensorrt {trt.__version__} is installed, sltnet needs the TensorRT {TENSORRT_MAJOR} API "
+            "('tensorrt>=10,<11')"
+        )
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is available to torch"
+    if manifest is not None and manifest.engines.frame.tensorrt is None:
+        return "the export has no TensorRT engines (sltnet-export --format trt)"
+    return None
 
-    reason = runtime_unavailable()
-    if reason is None and manifest is not None and "tensorrt" not in manifest["engines"]["frame"]:
-        reason = "the export has no TensorRT engines (sltnet-export --format trt)"
-    return reason
 
-
-def tensorrt_backend(directory: Union[str, Path], manifest: Dict) -> Backend:
+def tensorrt_backend(directory: Union[str, Path], manifest: Manifest) -> Backend:
     """The ``tensorrt`` backend: both plans on one dedicated CUDA stream.
 
     Raises:
@@ -326,8 +303,8 @@ def tensorrt_backend(directory: Union[str, Path], manifest: Dict) -> Backend:
         raise SltnetError(f"--backend tensorrt: {reason}")
     stream = torch.cuda.Stream()
     engines = [
-        TensorRTEngine(Path(directory) / manifest["engines"][name]["tensorrt"], *_engine_specs(manifest, name), stream)
-        for name in ("frame", "temporal")
+        TensorRTEngine(Path(directory) / str(engine.tensorrt), engine.input_specs(), engine.output_specs(), stream)
+        for _, engine in manifest.engines.items()
     ]
     import tensorrt
 
@@ -352,7 +329,7 @@ def onnxruntime_cuda_available() -> bool:
 def open_backend(
     name: str,
     directory: Union[str, Path],
-    manifest: Dict,
+    manifest: Manifest,
     device: Optional[str] = None,
     num_threads: Optional[int] = None,
 ) -> Backend:

@@ -1,9 +1,7 @@
 """Export (DESIGN B): frame and temporal engines in ONNX, their parity with PyTorch streaming inference,
 the static TensorRT check, the manifest and the sltnet-export command line.
 
-The tiny configs run with random weights whose classifier logits are scaled up, so scores spread out
-and a threshold of 0.8 keeps a varying number of detections per frame; the attention's output
-projection is scaled up too, so the long-term memory visibly changes the scores.
+The tiny configs, the test video and the random weights are in ``helpers``.
 """
 
 import hashlib
@@ -19,15 +17,35 @@ import torch
 from onnx import TensorProto, helper
 from torchvision.models.detection._utils import BoxCoder
 
+from helpers import (
+    BASELINE_SCORE_THRESH,
+    CLASS_NAMES,
+    SCORE_THRESH,
+    SYMMETRIC_N,
+    TINY_BASELINE,
+    TINY_SLTNET,
+    assert_same_results,
+    make_weights,
+    stream,
+    video,
+)
+
 from export.cli import main
-from export.manifest import MANIFEST_FILE, load_manifest
-from export.onnx_export import build_engine_modules
-from export.static_ops import LevelMosaic, build_mosaic, link_tubelets_fixed, masked_nms, pool_mosaic, postprocess_fixed
-from export.tensorrt_build import tensorrt_unavailable
 from export.trt_check import check_model, default_ops_table, load_ops_table
 from runtime.detector import StreamingRuntime
-from runtime.engines import module_backend, onnxruntime_backend
+from runtime.engines import module_backend, onnxruntime_backend, tensorrt_unavailable
 from sltnet.config import load_config
+from sltnet.contract import MANIFEST_FILE, Manifest
+from sltnet.data.transforms import ImagePreprocessor
+from sltnet.deploy.modules import build_engine_modules
+from sltnet.deploy.static_ops import (
+    LevelMosaic,
+    build_mosaic,
+    link_tubelets_fixed,
+    masked_nms,
+    pool_mosaic,
+    postprocess_fixed,
+)
 from sltnet.errors import SltnetError
 from sltnet.modeling.box_head import postprocess_detections
 from sltnet.modeling.build import build_model
@@ -36,15 +54,11 @@ from sltnet.modeling.streaming import StreamingDetector
 from sltnet.modeling.tubelets import link_tubelets
 from sltnet.tools.synth import main as synth_main
 
-TINY_SLTNET = "configs/synthetic/tiny_sltnet.yaml"
-TINY_BASELINE = "configs/synthetic/tiny_baseline.yaml"
-# Thresholds in gaps of the test video's candidate scores (>= 1e-3 from every one of them), so float
-# differences between backends cannot change which candidates pass.
-SCORE_THRESH = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.7"]
-BASELINE_SCORE_THRESH = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.42"]
-SYMMETRIC_N = ["MODEL.SPATIOTEMPORAL.NUM_FRAMES", "2"]
-CLASS_NAMES = "a,b,c,d"
-NUM_FRAMES = 8  # keyframes 0, 3, 6 with 2 memory slots: the memory fills and wraps around
+
+def manifest_json(folder: Path) -> dict:
+    """The manifest file of an export as JSON, once :meth:`Manifest.load` has accepted it."""
+    Manifest.load(folder)
+    return json.loads((folder / MANIFEST_FILE).read_text())
 
 
 class Export(NamedTuple):
@@ -55,64 +69,9 @@ class Export(NamedTuple):
     overrides: List[str]
     frame_size: tuple
 
-
-def video(frame_size: Sequence[int], num_frames: int = NUM_FRAMES, seed: int = 0) -> torch.Tensor:
-    """[T, 3, H, W] uint8 noise with a bright square moving right."""
-    generator = torch.Generator().manual_seed(seed)
-    frames = torch.randint(0, 60, (num_frames, 3, *frame_size), generator=generator, dtype=torch.uint8)
-    for t in range(num_frames):
-        frames[t, :, 30:60, 10 + 4 * t : 40 + 4 * t] = 220
-    return frames
-
-
-def stream(detector, frames: torch.Tensor) -> List[tuple]:
-    """(result, frames pushed when it came out) for a whole video."""
-    answered = []
-    for pushed, frame in enumerate(frames, start=1):
-        answered += [(result, pushed) for result in detector.push(frame)]
-    return answered + [(result, len(frames)) for result in detector.flush()]
-
-
-def assert_same_results(expected: List[tuple], actual: List[tuple]) -> None:
-    """Same frames at the same time, same detection counts; every detection matched one to one
-    (same class, box within 1e-2 px, score within 1e-4), in any order among near-equal scores."""
-    assert [(r.frame_index, pushed) for r, pushed in actual] == [(r.frame_index, pushed) for r, pushed in expected]
-    for (reference, _), (result, _) in zip(expected, actual):
-        assert len(result.scores) == len(reference.scores), f"frame {reference.frame_index}"
-        unmatched = list(range(len(result.scores)))
-        for box, score, label in zip(reference.boxes, reference.scores, reference.classes):
-            match = next(
-                (
-                    j
-                    for j in unmatched
-                    if result.classes[j] == label
-                    and abs(float(result.scores[j] - score)) <= 1e-4
-                    and float((result.boxes[j] - box).abs().max()) <= 1e-2
-                ),
-                None,
-            )
-            assert match is not None, f"frame {reference.frame_index}: no match for {box.tolist()} {float(score)}"
-            unmatched.remove(match)
-
-
-pytestmark = pytest.mark.usefixtures("single_torch_thread")
-
-
-def make_weights(folder: Path) -> Dict[str, Path]:
-    """Random tiny SLTnet weights (and the single-frame part of them for the baseline) in ``folder``."""
-    torch.manual_seed(0)
-    model = build_model(load_config(TINY_SLTNET, ["MODEL.WEIGHTS", ""]))
-    with torch.no_grad():
-        model.roi_heads.box_predictor.cls_score.weight.mul_(6)
-        model.st_cls_predictor.cls_score.weight.mul_(6)
-        for projection in model.st_box_head.Wvs:
-            projection.weight.mul_(3)
-        for geometry in model.st_box_head.Wgs:
-            geometry.bias.fill_(1.0)
-    state = model.state_dict()
-    torch.save(state, folder / "sltnet.pt")
-    torch.save({k: v for k, v in state.items() if not k.startswith("st_")}, folder / "baseline.pt")
-    return {"sltnet": folder / "sltnet.pt", "baseline": folder / "baseline.pt"}
+    @property
+    def score_thresh(self) -> float:
+        return Manifest.load(self.out).detections.score_thresh
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +171,7 @@ def reference_detector(export: Export) -> StreamingDetector:
 # Graphs
 # ------------------------------------------------------------------------------------------------
 def test_graphs_are_checker_clean_static_and_named_as_documented(exported):
-    manifest = load_manifest(exported.out)
+    manifest = manifest_json(exported.out)
     for engine in ("frame", "temporal"):
         graph = onnx.load(str(exported.out / manifest["engines"][engine]["onnx"]))
         onnx.checker.check_model(graph, full_check=True)
@@ -240,7 +199,7 @@ def test_graphs_are_checker_clean_static_and_named_as_documented(exported):
 
 
 def test_long_term_memory_tensors(sequential):
-    manifest = load_manifest(sequential.out)
+    manifest = manifest_json(sequential.out)
     memory = manifest["memory"]
     assert memory == {
         "long_term": True,
@@ -263,7 +222,7 @@ def test_long_term_memory_tensors(sequential):
 
 
 def test_manifest_describes_the_export(sequential, symmetric, baseline):
-    manifest = load_manifest(sequential.out)
+    manifest = manifest_json(sequential.out)
     assert manifest["architecture"] == "SLTnet" and manifest["mode"] == "sequential"
     assert manifest["classes"] == CLASS_NAMES.split(",") and manifest["category_ids"] == [1, 2, 3, 4]
     assert manifest["input"]["shape"] == [1, 3, 120, 160] and manifest["input"]["resized_size"] == [96, 128]
@@ -280,14 +239,14 @@ def test_manifest_describes_the_export(sequential, symmetric, baseline):
     for name, entry in manifest["files"].items():
         assert entry["sha256"] == hashlib.sha256((sequential.out / name).read_bytes()).hexdigest()
 
-    window = load_manifest(symmetric.out)["window"]
+    window = manifest_json(symmetric.out)["window"]
     assert (window["num_frames"], window["size"], window["reference_position"], window["latency_frames"]) == (
         2,
         5,
         2,
         2,
     )
-    single = load_manifest(baseline.out)
+    single = manifest_json(baseline.out)
     assert (single["architecture"], single["mode"], single["window"]["size"]) == ("GeneralizedRCNN", "single_frame", 1)
     assert single["memory"]["long_term"] is False
 
@@ -297,7 +256,7 @@ def test_manifest_describes_the_export(sequential, symmetric, baseline):
 # ------------------------------------------------------------------------------------------------
 def test_frame_engine_matches_pytorch(sequential):
     detector = reference_detector(sequential)
-    manifest = load_manifest(sequential.out)
+    manifest = Manifest.load(sequential.out)
     frame_engine = onnxruntime_backend(sequential.out, manifest, num_threads=1).frame
     image = video(sequential.frame_size, num_frames=1)[0]
     with torch.no_grad():
@@ -315,25 +274,26 @@ def test_streaming_over_the_engines_matches_pytorch(exported, backend):
     cfg = load_config(exported.config, exported.overrides)
     model = build_model(cfg)
     expected = stream(StreamingDetector.from_config(model, cfg), frames)
-    manifest = load_manifest(exported.out)
+    manifest = Manifest.load(exported.out)
     if backend == "onnxruntime":
         backend = onnxruntime_backend(exported.out, manifest, num_threads=1)
     else:
-        modules = build_engine_modules(model, cfg, exported.frame_size)
+        preprocessor = ImagePreprocessor.from_config(cfg)
+        modules = build_engine_modules(model, preprocessor, exported.frame_size, manifest.memory.num_keyframes)
         backend = module_backend(modules.frame, modules.temporal, manifest)
     actual = stream(StreamingRuntime(manifest, backend), frames)
     assert sum(len(r.scores) for r, _ in expected) > 0
     assert len({len(r.scores) for r, _ in expected}) > 1  # counts vary: the threshold matters
-    assert_same_results(expected, actual)
+    assert_same_results(expected, actual, exported.score_thresh)
 
 
 def test_long_term_memory_changes_the_detections(sequential):
     """The parity above covers the memory: without keyframe entries the engine answers differently."""
     frames = video(sequential.frame_size)
-    manifest = load_manifest(sequential.out)
+    manifest = Manifest.load(sequential.out)
     streamer = StreamingRuntime(manifest, onnxruntime_backend(sequential.out, manifest, num_threads=1))
     with_memory = stream(streamer, frames)
-    interval = manifest["memory"]["keyframe_interval"]
+    interval = manifest.memory.keyframe_interval
     without_memory = []
     for t, frame in enumerate(frames):
         without_memory += streamer.push(frame)
@@ -423,7 +383,7 @@ def test_one_roi_align_over_the_level_mosaic_equals_multi_level_pooling():
 # ------------------------------------------------------------------------------------------------
 def test_static_trt_check_passes_on_both_graphs(exported):
     table = load_ops_table(default_ops_table())
-    manifest = load_manifest(exported.out)
+    manifest = manifest_json(exported.out)
     for engine in manifest["engines"].values():
         assert check_model(exported.out / engine["onnx"], table) == []
 
@@ -520,14 +480,14 @@ def test_manifest_refuses_an_engine_file_that_changed(export_copy):
     data[-1] ^= 0xFF
     (export_copy / "temporal.onnx").write_bytes(bytes(data))
     with pytest.raises(SltnetError, match=r"temporal\.onnx: SHA-256 does not match manifest\.json") as error:
-        load_manifest(export_copy)
+        Manifest.load(export_copy)
     assert "\n" not in str(error.value)
 
 
 def test_manifest_refuses_a_missing_engine_file(export_copy):
     (export_copy / "frame.onnx").unlink()
     with pytest.raises(SltnetError, match=r"frame\.onnx: missing \(listed in manifest\.json\)"):
-        load_manifest(export_copy)
+        Manifest.load(export_copy)
 
 
 @pytest.mark.parametrize(
@@ -545,7 +505,7 @@ def test_manifest_refuses_a_bad_manifest(export_copy, content, message):
     else:
         (export_copy / MANIFEST_FILE).write_text(content)
     with pytest.raises(SltnetError, match=message):
-        load_manifest(export_copy)
+        Manifest.load(export_copy)
 
 
 def test_manifest_refuses_an_engine_without_checksum(export_copy):
@@ -553,7 +513,7 @@ def test_manifest_refuses_an_engine_without_checksum(export_copy):
     del manifest["files"]["frame.onnx"]
     (export_copy / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(SltnetError, match=r"frame\.onnx has no checksum under 'files'"):
-        load_manifest(export_copy)
+        Manifest.load(export_copy)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -567,7 +527,7 @@ def test_format_trt_without_tensorrt_fails_in_one_line_after_writing_onnx(tmp_pa
     assert status == 2
     assert len(errors) == 1 and errors[0].startswith("error: --format trt: ")
     assert f"the ONNX engines and manifest.json are in {out}" in errors[0]
-    manifest = load_manifest(out)
+    manifest = manifest_json(out)
     assert sorted(manifest["files"]) == ["frame.onnx", "temporal.onnx"]
     assert not list(out.glob("*.engine"))
 

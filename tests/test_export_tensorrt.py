@@ -3,13 +3,12 @@
 
 import pytest
 import torch
-from test_export import CLASS_NAMES, SCORE_THRESH, TINY_SLTNET, make_weights, stream, video
+from helpers import CLASS_NAMES, SCORE_THRESH, TINY_SLTNET, make_weights, stream, video
 
 from export.cli import main
-from export.manifest import load_manifest
-from export.tensorrt_build import tensorrt_unavailable
 from runtime.detector import StreamingRuntime
-from runtime.engines import onnxruntime_backend, tensorrt_backend
+from runtime.engines import onnxruntime_backend, tensorrt_backend, tensorrt_unavailable
+from sltnet.contract import Manifest
 
 pytest.importorskip("tensorrt")
 pytestmark = pytest.mark.skipif(tensorrt_unavailable() is not None, reason=f"{tensorrt_unavailable()}")
@@ -37,14 +36,14 @@ def export_trt(out, weights_file, *extra):
         *SCORE_THRESH,
     ]
     assert main(argv) == 0
-    return load_manifest(out)
+    return Manifest.load(out)
 
 
 def test_format_trt_writes_engines_with_checksums_and_a_timing_cache(tmp_path, weights):
     out = tmp_path / "engines"
     manifest = export_trt(out, weights["sltnet"], "--workspace-mib", "1024")
-    assert sorted(manifest["files"]) == ["frame.engine", "frame.onnx", "temporal.engine", "temporal.onnx"]
-    assert manifest["tensorrt"]["precision"] == "fp32" and manifest["tensorrt"]["version"].startswith("10.")
+    assert sorted(manifest.files) == ["frame.engine", "frame.onnx", "temporal.engine", "temporal.onnx"]
+    assert manifest.tensorrt.precision == "fp32" and manifest.tensorrt.version.startswith("10.")
     assert (out / "timing.cache").stat().st_size > 0
     # A rebuild reuses the timing cache.
     export_trt(out, weights["sltnet"], "--timing-cache", str(out / "timing.cache"))
@@ -68,6 +67,6 @@ def test_tensorrt_engines_answer_like_onnxruntime(tmp_path, weights):
 def test_fp16_engines_run(tmp_path, weights):
     out = tmp_path / "engines"
     manifest = export_trt(out, weights["sltnet"], "--fp16")
-    assert manifest["tensorrt"]["precision"] == "fp16"
+    assert manifest.tensorrt.precision == "fp16"
     results = stream(StreamingRuntime(manifest, tensorrt_backend(out, manifest)), video((128, 128)))
     assert len(results) == 8 and all(torch.isfinite(r.scores).all() for r, _ in results)

@@ -8,7 +8,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
-from test_export import (
+from helpers import (
     BASELINE_SCORE_THRESH,
     CLASS_NAMES,
     SCORE_THRESH,
@@ -19,9 +19,9 @@ from test_export import (
 )
 
 from export.cli import main as export_main
-from export.manifest import load_manifest
 from runtime.detector import TIMED_STAGES, StreamingRuntime
 from runtime.engines import open_backend
+from sltnet.contract import Manifest
 from sltnet.data.synthetic.writing import write_mp4
 
 spec = importlib.util.spec_from_file_location("fps", Path("benchmarks/fps.py"))
@@ -52,7 +52,7 @@ def exports(tmp_path_factory, weights):
 
 
 def test_timer_sees_every_stage_of_each_frame(exports):
-    manifest = load_manifest(exports["sequential"])
+    manifest = Manifest.load(exports["sequential"])
     stages = []
 
     def timer(stage):

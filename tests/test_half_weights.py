@@ -1,7 +1,7 @@
 """``sltnet-convert half-weights``: a float16 weights file that loads back into the float32 model."""
 
 import torch
-from test_export import TINY_SLTNET, make_weights, video
+from helpers import TINY_SLTNET, make_weights, video
 
 from sltnet.config import load_config
 from sltnet.modeling.build import build_model

@@ -4,16 +4,14 @@ import numpy as np
 import pytest
 
 from sltnet.config import get_cfg
+from sltnet.contract import Window
 from sltnet.data.records import FrameRecord, StCocoDataset, VideoRecord
 from sltnet.data.sampling import (
     TrainingGroupSampler,
-    group_size,
-    reference_position,
     support_groups,
     temporal_dropout,
     training_groups,
     video_windows,
-    window_indices,
 )
 from sltnet.errors import SltnetError
 
@@ -59,14 +57,16 @@ def frame_indices(groups):
     ],
 )
 def test_window_indices(t, length, n, symmetric, expected):
-    assert window_indices(t, length, n, symmetric) == expected
-    assert len(expected) == group_size(n, symmetric)
-    assert expected[reference_position(n, symmetric)] == t
+    window = Window(n, symmetric)
+    assert window.indices(t, length) == expected
+    assert len(expected) == window.size
+    assert expected[window.reference_position] == t
+    assert window.latency == (n if symmetric else 0)
 
 
 def test_video_windows_gives_one_window_per_real_frame_in_order():
     video = make_video([[0]] * 4)
-    windows = list(video_windows(video, 2, symmetric=True))
+    windows = list(video_windows(video, Window(2, symmetric=True)))
     assert [ref.frame_number for ref, _ in windows] == [0, 1, 2, 3]
     assert [[f.frame_number for f in window] for _, window in windows][-1] == [1, 2, 3, 3, 3]
 

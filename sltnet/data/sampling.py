@@ -9,41 +9,15 @@ from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 
+from sltnet.contract import Window
 from sltnet.data.records import FrameRecord, StCocoDataset, VideoRecord
 from sltnet.errors import SltnetError
 
 
-def group_size(num_frames: int, symmetric: bool) -> int:
-    """Frames in a window: N (sequential) or 2N + 1 (symmetric)."""
-    return 2 * num_frames + 1 if symmetric else num_frames
-
-
-def reference_position(num_frames: int, symmetric: bool) -> int:
-    """Index of the reference frame inside a window: the newest (sequential) or the middle (symmetric)."""
-    return num_frames if symmetric else num_frames - 1
-
-
-def window_indices(t: int, num_frames_in_video: int, num_frames: int, symmetric: bool) -> List[int]:
-    """Frame indices of the window whose reference is frame ``t``, oldest first.
-
-    Sequential: t-N+1 .. t; symmetric: t-N .. t+N. Positions before the video repeat the first
-    frame, positions after it repeat the last frame (DESIGN A.2).
-    """
-    if not 0 <= t < num_frames_in_video:
-        raise ValueError(f"frame {t} is outside a video of {num_frames_in_video} frames")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
-    first = t - num_frames if symmetric else t - num_frames + 1
-    last = first + group_size(num_frames, symmetric) - 1
-    return [min(max(i, 0), num_frames_in_video - 1) for i in range(first, last + 1)]
-
-
-def video_windows(
-    video: VideoRecord, num_frames: int, symmetric: bool
-) -> Iterator[Tuple[FrameRecord, List[FrameRecord]]]:
+def video_windows(video: VideoRecord, window: Window) -> Iterator[Tuple[FrameRecord, List[FrameRecord]]]:
     """Test-time order: ``(reference frame, window frames)`` for every frame, in frame order."""
     for t, frame in enumerate(video.frames):
-        yield frame, [video.frames[i] for i in window_indices(t, len(video.frames), num_frames, symmetric)]
+        yield frame, [video.frames[i] for i in window.indices(t, len(video.frames))]
 
 
 def _candidate_groups(video: VideoRecord, size: int) -> List[List[FrameRecord]]:
@@ -77,7 +51,7 @@ def training_groups(video: VideoRecord, group_size: int, max_groups: int) -> Lis
 
     Args:
         video: the video.
-        group_size: frames per group (:func:`group_size`).
+        group_size: frames per group (:attr:`Window.size`).
         max_groups: most groups to return (``TRAIN_GROUPS_PER_VIDEO``).
     Returns:
         At most ``max_groups`` valid groups (see :func:`_candidate_groups`), spread evenly over all
@@ -190,16 +164,14 @@ class TrainingGroupSampler:
             raise SltnetError("MODEL.SPATIOTEMPORAL.TEMPORAL_DROPOUT needs FORWARD_AGGREGATION (symmetric mode)")
         if not short_sides:
             raise SltnetError("INPUT.MIN_SIZE_TRAIN must list at least one size")
-        self.num_frames = num_frames
-        self.symmetric = symmetric
+        self.window = Window(num_frames, symmetric)
         self.num_support_groups = num_support_groups
         self.short_sides = [int(s) for s in short_sides]
         self.flip_probability = flip_probability
         self.temporal_dropout = temporal_dropout
         self.seed = seed
-        self.group_size = group_size(num_frames, symmetric)
-        # Per video: all valid groups (the support pool) and the evenly spread training groups.
-        self._candidates = [_candidate_groups(video, self.group_size) for video in dataset.videos]
+                # Per video: all valid groups (the support pool) and the evenly spread training groups.
+        self._candidates = [_candidate_groups(video, self.window.size) for video in dataset.videos]
         self._groups: List[Tuple[int, List[FrameRecord]]] = [
             (video_index, group)
             for video_index, candidates in enumerate(self._candidates)
@@ -207,7 +179,7 @@ class TrainingGroupSampler:
         ]
         if not self._groups:
             raise SltnetError(
-                f"{dataset.json_path}: no frame group of {self.group_size} frames where every frame has the "
+                f"{dataset.json_path}: no frame group of {self.window.size} frames where every frame has the "
                 "same, non-empty list of track ids; nothing to train on"
             )
 
@@ -248,9 +220,9 @@ class TrainingGroupSampler:
         samples = []
         for index in rng.permutation(len(self._groups)):
             video_index, group = self._groups[index]
-            frames, reference = group, reference_position(self.num_frames, self.symmetric)
+            frames, reference = group, self.window.reference_position
             if self.temporal_dropout:
-                frames, reference = temporal_dropout(group, self.num_frames, rng), 1
+                frames, reference = temporal_dropout(group, self.window.num_frames, rng), 1
             samples.append(
                 TrainingSample(
                     frames=list(frames),

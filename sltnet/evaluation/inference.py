@@ -11,7 +11,8 @@ from sltnet.data.records import StCocoDataset
 from sltnet.data.transforms import read_image
 from sltnet.modeling.baseline import FasterRCNN
 from sltnet.modeling.sltnet import SLTnet
-from sltnet.modeling.streaming import FrameResult, StreamingDetector
+from sltnet.contract import FrameResult
+from sltnet.modeling.streaming import StreamingDetector
 
 
 class Streamer(Protocol):

@@ -22,7 +22,7 @@ from sltnet.data.batching import FrameGroup
 from sltnet.errors import SltnetError
 from sltnet.modeling.backbone import FPNBackbone, build_backbone
 from sltnet.modeling.box_head import RoIHeads, build_roi_heads
-from sltnet.modeling.rpn import RegionProposalNetwork, build_rpn
+from sltnet.modeling.rpn import RegionProposalNetwork, RPNOutputs, build_rpn
 
 
 class FasterRCNN(nn.Module):
@@ -50,6 +50,18 @@ class FasterRCNN(nn.Module):
         self.roi_in_features = list(roi_in_features)
 
     is_temporal = False
+
+    def level_outputs(self, images: Tensor) -> Tuple[List[Tensor], RPNOutputs]:
+        """Backbone + RPN of a batch.
+
+        Args:
+            images: [B, 3, H, W] preprocessed, padded batch.
+        Returns:
+            the box head's levels (one [B, C, H_l, W_l] per ``roi_in_features``) and the RPN's outputs.
+        """
+        features = self.backbone(images)
+        rpn_outputs = self.rpn([features[name] for name in self.rpn_in_features])
+        return [features[name] for name in self.roi_in_features], rpn_outputs
 
     def training_losses(self, groups: Sequence[FrameGroup]) -> Dict[str, Tensor]:
         """Stage-1 losses of a batch of one-frame groups (the reference frame of each is used).
@@ -81,10 +93,8 @@ class FasterRCNN(nn.Module):
             training: ``loss_rpn_cls``, ``loss_rpn_loc``, ``loss_cls``, ``loss_box_reg``;
             inference: per image ``boxes`` [n, 4], ``scores`` [n], ``classes`` [n] int64.
         """
-        features = self.backbone(images)
-        rpn_outputs = self.rpn([features[name] for name in self.rpn_in_features])
+        roi_features, rpn_outputs = self.level_outputs(images)
         proposals = [p.boxes for p in self.rpn.proposals(rpn_outputs, image_sizes)]
-        roi_features = [features[name] for name in self.roi_in_features]
         if not self.training:
             detections = self.roi_heads.inference(roi_features, proposals, image_sizes)
             return [d._asdict() for d in detections]

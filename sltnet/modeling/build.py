@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
+from sltnet.contract import Window
 from sltnet.engine.checkpoint import load_checkpoint
 from sltnet.errors import SltnetError
 from sltnet.modeling.aggregation import TubeletAggregation
@@ -31,8 +32,7 @@ def build_sltnet(cfg: CfgNode) -> SLTnet:
         st_box_head=build_st_box_head(cfg),
         st_cls_predictor=STClassifier(cfg.MODEL.ROI_BOX_HEAD.FC_DIM, cfg.MODEL.ROI_HEADS.NUM_CLASSES),
         aggregation=TubeletAggregation(st.AGGREGATION),
-        num_frames=st.NUM_FRAMES,
-        symmetric=st.FORWARD_AGGREGATION,
+        window=Window(st.NUM_FRAMES, st.FORWARD_AGGREGATION),
         double_head=st.DOUBLE_HEAD,
         num_ref_rois=st.ROI_BOX_HEAD.REF_POST_NMS_TOP_N,
     )

@@ -219,6 +219,11 @@ class RegionProposalNetwork(nn.Module):
         """Proposals per image: the training value in training mode, else the inference value."""
         return self._post_nms_topk[0] if self.training else self._post_nms_topk[1]
 
+    def set_inference_topk(self, pre_nms_topk: int, post_nms_topk: int) -> None:
+        """Replace the inference values of :attr:`pre_nms_topk` and :attr:`post_nms_topk`."""
+        self._pre_nms_topk = (self._pre_nms_topk[0], pre_nms_topk)
+        self._post_nms_topk = (self._post_nms_topk[0], post_nms_topk)
+
     def forward(self, features: List[Tensor]) -> RPNOutputs:
         """Per-anchor outputs for all anchors.
 

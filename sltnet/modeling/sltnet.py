@@ -20,7 +20,9 @@ from torch import Tensor, nn
 
 from sltnet.data.batching import FrameGroup, TrainingGroup
 from sltnet.modeling.aggregation import TubeletAggregation, pool_tubelets
+from sltnet.contract import Window
 from sltnet.modeling.backbone import FPNBackbone
+from sltnet.modeling.baseline import FasterRCNN
 from sltnet.modeling.box_head import Detections, RoIHeads, postprocess_detections, sample_rois
 from sltnet.modeling.rpn import RegionProposalNetwork
 from sltnet.modeling.st_head import STAttentionBoxHead, STClassifier, fuse_double_head_probs
@@ -55,18 +57,18 @@ class MemoryEntry(NamedTuple):
     boxes: Tensor
 
 
-class SLTnet(nn.Module):
-    """The SLTnet video detector.
+class SLTnet(FasterRCNN):
+    """The SLTnet video detector: the single-frame detector (its ``backbone``, ``rpn`` and spatial
+    head ``roi_heads``) plus the spatio-temporal head.
 
     Args:
-        backbone, rpn, roi_heads: the single-frame detector's parts (the spatial head is ``roi_heads``).
-        rpn_in_features, roi_in_features: backbone levels used by the RPN and by the box heads.
+        backbone, rpn, roi_heads, rpn_in_features, roi_in_features: as :class:`FasterRCNN`.
         st_box_head: :class:`STAttentionBoxHead` (long-term attention) or the plain 2-FC ST head.
         st_cls_predictor: class logits of the ST head.
         aggregation: max or adaptive aggregation of tubelet RoI features over the window.
-        num_frames: N; the window has N frames (sequential) or 2N + 1 (symmetric).
-        symmetric: ``FORWARD_AGGREGATION``.
-        double_head: fuse spatial and ST probabilities (A.6); else the ST head alone scores.
+        window: N and the mode (``NUM_FRAMES``, ``FORWARD_AGGREGATION``).
+        double_head: fuse spatial and ST probabilities (docs/method.md#double-head-and-inference);
+            else the ST head alone scores.
         num_ref_rois: P, tubelets per support group and per memory entry.
     """
 
@@ -82,37 +84,21 @@ class SLTnet(nn.Module):
         st_box_head: nn.Module,
         st_cls_predictor: STClassifier,
         aggregation: TubeletAggregation,
-        num_frames: int,
-        symmetric: bool,
+        window: Window,
         double_head: bool,
         num_ref_rois: int,
     ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.rpn = rpn
-        self.roi_heads = roi_heads
-        self.rpn_in_features = list(rpn_in_features)
-        self.roi_in_features = list(roi_in_features)
+        super().__init__(backbone, rpn, roi_heads, rpn_in_features, roi_in_features)
         self.st_box_head = st_box_head
         self.st_cls_predictor = st_cls_predictor
         self.aggregation = aggregation
-        self.num_frames = num_frames
-        self.symmetric = symmetric
+        self.window = window
         self.double_head = double_head
         self.num_ref_rois = num_ref_rois
 
     @property
     def long_term(self) -> bool:
         return isinstance(self.st_box_head, STAttentionBoxHead)
-
-    @property
-    def window_size(self) -> int:
-        return 2 * self.num_frames + 1 if self.symmetric else self.num_frames
-
-    @property
-    def reference_position(self) -> int:
-        """Index of the reference frame in a full window."""
-        return self.num_frames if self.symmetric else self.num_frames - 1
 
     # ------------------------------------------------------------------------------------------
     # Per frame (frame engine)
@@ -126,10 +112,9 @@ class SLTnet(nn.Module):
             box-head features (one [N, C, H_l, W_l] per level), boxes [N, A, 4], logits [N, A],
             anchors per level.
         """
-        features = self.backbone(images)
-        rpn_outputs = self.rpn([features[name] for name in self.rpn_in_features])
+        roi_features, rpn_outputs = self.level_outputs(images)
         return (
-            [features[name] for name in self.roi_in_features],
+            roi_features,
             rpn_outputs.boxes,
             rpn_outputs.objectness_logits,
             rpn_outputs.num_anchors_per_level,

@@ -7,32 +7,16 @@ end; a new video clears the buffer and the long-term memory.
 """
 
 from collections import deque
-from typing import Deque, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Deque, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from sltnet.data.sampling import window_indices
+from sltnet.contract import FrameResult
 from sltnet.data.transforms import ImagePreprocessor, scale_boxes
 from sltnet.modeling.baseline import FasterRCNN
 from sltnet.modeling.memory import LongTermMemory
 from sltnet.modeling.sltnet import FrameOutputs, SLTnet
-
-
-class FrameResult(NamedTuple):
-    """Detections of one frame, in the pixels of the frame as given.
-
-    Attributes:
-        frame_index: position of the frame in its video (0-based).
-        boxes: [n, 4] (x1, y1, x2, y2).
-        scores: [n].
-        classes: [n] int64 contiguous classes.
-    """
-
-    frame_index: int
-    boxes: Tensor
-    scores: Tensor
-    classes: Tensor
 
 
 class StreamingDetector:
@@ -105,13 +89,13 @@ class StreamingDetector:
         frame_index = self._num_frames
         self._num_frames += 1
 
-        if isinstance(self.model, FasterRCNN):
+        if not isinstance(self.model, SLTnet):
             detections = self.model(batch, [self._sizes[1]])[0]
             return [self._result(frame_index, detections["boxes"], detections["scores"], detections["classes"])]
 
         self._window[frame_index] = self.model.frame_outputs(batch)
         self._pending.append(frame_index)
-        future = self.model.num_frames if self.model.symmetric else 0
+        future = self.model.window.latency
         results = []
         while self._pending and self._pending[0] + future <= frame_index:
             results.append(self._detect(self._pending.popleft(), self._num_frames))
@@ -126,19 +110,19 @@ class StreamingDetector:
 
     def _detect(self, reference: int, num_frames_seen: int) -> FrameResult:
         model = self.model
-        indices = window_indices(reference, num_frames_seen, model.num_frames, model.symmetric)
+        indices = model.window.indices(reference, num_frames_seen)
         window = [self._window[i] for i in indices]
         if self.memory is not None:
             memory_features, memory_boxes = self.memory.references()
         else:
             memory_features = memory_boxes = window[0].boxes.new_zeros((0, 4))
         detections, entry = model.detect_window(
-            window, model.reference_position, self._sizes[1], memory_features, memory_boxes, self.score_thresh
+            window, model.window.reference_position, self._sizes[1], memory_features, memory_boxes, self.score_thresh
         )
         if self.memory is not None:
             self.memory.update(reference, entry.features, entry.boxes)
         # The next window starts at (reference + 1) - reference_position; older frames are done.
-        oldest_needed = reference + 1 - model.reference_position
+        oldest_needed = reference + 1 - model.window.reference_position
         for index in [i for i in self._window if i < oldest_needed]:
             del self._window[index]
         return self._result(reference, detections.boxes, detections.scores, detections.classes)

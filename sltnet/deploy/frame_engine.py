@@ -7,7 +7,7 @@ antialiasing; channel order of ``INPUT.FORMAT``; ``(x - PIXEL_MEAN) / PIXEL_STD`
 ``SIZE_DIVISIBILITY``), then the backbone and the RPN.
 
 Outputs: ``features`` [1, C, H_m, W_m], the box head's FPN levels (P2 .. P5) side by side in one
-:class:`~export.static_ops.LevelMosaic`, so the temporal engine pools every box from its level with
+:class:`~sltnet.deploy.static_ops.LevelMosaic`, so the temporal engine pools every box from its level with
 one RoIAlign; ``objectness_logits`` [A] and ``boxes`` [A, 4] (decoded, unclipped, in the pixels of
 the resized frame before padding; the runtime scales detections back to the input size).
 """
@@ -16,16 +16,12 @@ from typing import List, Tuple, Union
 
 from torch import Tensor, nn
 
-from export.static_ops import LevelMosaic, build_mosaic
+from sltnet.contract import FRAME_OUTPUTS
 from sltnet.data.transforms import ImagePreprocessor
+from sltnet.deploy.static_ops import LevelMosaic, build_mosaic
 from sltnet.modeling.baseline import FasterRCNN
 from sltnet.modeling.rpn import RPNOutputs
 from sltnet.modeling.sltnet import SLTnet
-
-IMAGE_INPUT = "image"
-FEATURES = "features"
-OBJECTNESS_LOGITS = "objectness_logits"
-ANCHOR_BOXES = "boxes"
 
 
 class FrameEngine(nn.Module):
@@ -44,17 +40,14 @@ class FrameEngine(nn.Module):
 
     @property
     def output_names(self) -> List[str]:
-        return [FEATURES, OBJECTNESS_LOGITS, ANCHOR_BOXES]
+        return list(FRAME_OUTPUTS)
 
     def resized_size(self, input_size: Tuple[int, int]) -> Tuple[int, int]:
         """(height, width) of a frame of ``input_size`` after the resize, before padding."""
         return self.preprocessor.output_shape(*input_size)
 
     def _run(self, image: Tensor) -> Tuple[List[Tensor], RPNOutputs]:
-        batch = self.preprocessor.pad(self.preprocessor(image))
-        features = self.model.backbone(batch)
-        rpn_outputs = self.model.rpn([features[name] for name in self.model.rpn_in_features])
-        return [features[name] for name in self.model.roi_in_features], rpn_outputs
+        return self.model.level_outputs(self.preprocessor.pad(self.preprocessor(image)))
 
     def layout(self, image: Tensor) -> Tuple[List[int], LevelMosaic]:
         """A split by RPN level and the feature mosaic's layout for images of ``image``'s size."""

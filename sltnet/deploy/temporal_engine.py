@@ -20,7 +20,7 @@ slot, which becomes one of the K inputs when the reference frame is a keyframe: 
 memory directly, and no output is ever bound to a buffer the same call reads.
 
 The steps are the model's (:meth:`SLTnet.score_tubelets`, its aggregation and heads) around the
-static-shape tubelet linking, pooling and post-processing of :mod:`export.static_ops`; R =
+static-shape tubelet linking, pooling and post-processing of :mod:`sltnet.deploy.static_ops`; R =
 min(``RPN.POST_NMS_TOPK_TEST``, candidates) tubelet slots, P = min(``REF_POST_NMS_TOP_N``, R).
 """
 
@@ -29,26 +29,20 @@ from typing import List, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from export.frame_engine import ANCHOR_BOXES, FEATURES, OBJECTNESS_LOGITS
-from export.static_ops import LevelMosaic, link_tubelets_fixed, pool_mosaic, postprocess_fixed
+from sltnet.contract import (
+    ANCHOR_BOXES,
+    DETECTION_OUTPUTS,
+    ENTRY_OUTPUTS,
+    FEATURES,
+    MEMORY_PARTS,
+    OBJECTNESS_LOGITS,
+    Window,
+    memory_input_name,
+    slot_input_name,
+)
+from sltnet.deploy.static_ops import LevelMosaic, link_tubelets_fixed, pool_mosaic, postprocess_fixed
 from sltnet.modeling.baseline import FasterRCNN
 from sltnet.modeling.sltnet import SLTnet
-
-#: What a memory slot and the memory entry hold, in input/output order.
-MEMORY_PARTS = ("features", "boxes", "valid")
-DETECTION_OUTPUTS = ("det_boxes", "det_scores", "det_classes", "det_count")
-ENTRY_OUTPUTS = tuple(f"entry_{part}" for part in MEMORY_PARTS)
-
-
-def slot_input_name(slot: Union[int, str], frame_output: str) -> str:
-    """The temporal engine's input that window slot ``slot`` binds to frame-engine output ``frame_output``
-    (with ``slot`` = "{slot}": the name template the manifest records)."""
-    return f"frame{slot}_{frame_output}"
-
-
-def memory_input_name(slot: Union[int, str], part: str) -> str:
-    """The temporal engine's input that memory slot ``slot`` binds to its ``part`` (or the template)."""
-    return f"memory{slot}_{part}"
 
 
 class TemporalEngine(nn.Module):
@@ -78,8 +72,7 @@ class TemporalEngine(nn.Module):
         self.image_size = tuple(image_size)
         self.temporal = isinstance(model, SLTnet)
         self.long_term = self.temporal and model.long_term
-        self.window_size = model.window_size if self.temporal else 1
-        self.reference_position = model.reference_position if self.temporal else 0
+        self.window = model.window if self.temporal else Window(1)
         self.eval()  # inference mode for good: the RPN's top-k values below are the test-time ones
         rpn = model.rpn
         num_candidates = sum(min(rpn.pre_nms_topk, count) for count in self.num_anchors_per_level)
@@ -95,12 +88,12 @@ class TemporalEngine(nn.Module):
     def slot_outputs(self, slot: int) -> List[str]:
         """The frame-engine outputs window slot ``slot`` binds: features and boxes of every frame; the
         objectness logits only of the reference frame, the one tubelet linking ranks anchors by."""
-        logits = [OBJECTNESS_LOGITS] if slot == self.reference_position else []
+        logits = [OBJECTNESS_LOGITS] if slot == self.window.reference_position else []
         return [FEATURES, *logits, ANCHOR_BOXES]
 
     @property
     def input_names(self) -> List[str]:
-        names = [slot_input_name(slot, output) for slot in range(self.window_size) for output in self.slot_outputs(slot)]
+        names = [slot_input_name(slot, output) for slot in range(self.window.size) for output in self.slot_outputs(slot)]
         return names + [memory_input_name(slot, part) for slot in range(self.num_keyframes) for part in MEMORY_PARTS]
 
     @property
@@ -119,12 +112,12 @@ class TemporalEngine(nn.Module):
         """Inputs and outputs in the order of :attr:`input_names` and :attr:`output_names`."""
         model, rpn, roi_heads = self.model, self.model.rpn, self.model.roi_heads
         named = dict(zip(self.input_names, inputs))
-        features = [named[slot_input_name(slot, FEATURES)] for slot in range(self.window_size)]
+        features = [named[slot_input_name(slot, FEATURES)] for slot in range(self.window.size)]
         tubelets = link_tubelets_fixed(
-            [named[slot_input_name(slot, ANCHOR_BOXES)] for slot in range(self.window_size)],
-            named[slot_input_name(self.reference_position, OBJECTNESS_LOGITS)],
+            [named[slot_input_name(slot, ANCHOR_BOXES)] for slot in range(self.window.size)],
+            named[slot_input_name(self.window.reference_position, OBJECTNESS_LOGITS)],
             self.num_anchors_per_level,
-            self.reference_position,
+            self.window.reference_position,
             self.image_size,
             rpn.pre_nms_topk,
             rpn.post_nms_topk,
@@ -135,8 +128,8 @@ class TemporalEngine(nn.Module):
             pool_mosaic(roi_heads.box_pooler, frame_features, self.mosaic, frame_boxes)
             for frame_features, frame_boxes in zip(features, tubelets.boxes)
         ]
-        reference_rois = pooled[self.reference_position]
-        reference_boxes = tubelets.boxes[self.reference_position]
+        reference_rois = pooled[self.window.reference_position]
+        reference_boxes = tubelets.boxes[self.window.reference_position]
         if self.temporal:
             if self.long_term:  # the K slots' rows side by side: [K·P, d], [K·P, 4], [K·P]
                 memory = tuple(
@@ -145,7 +138,7 @@ class TemporalEngine(nn.Module):
                 )
             else:
                 memory = self.empty_entry(reference_boxes)
-            aggregated = model.aggregation(pooled, self.reference_position)
+            aggregated = model.aggregation(pooled, self.window.reference_position)
             probs, box_deltas, entry_features = model.score_tubelets(
                 reference_rois, aggregated, reference_boxes, *memory, valid=tubelets.valid
             )
