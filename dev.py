@@ -42,6 +42,7 @@ DEMO_OUT = ROOT / "output" / "demo"
 SPLITS = [("synth_small_train", 100, 0), ("synth_small_val", 20, 1)]
 CLIP = ("demo_clip", 1, 7)
 
+
 def run(*command: object, env: dict = None) -> None:
     printable = " ".join(str(part) for part in command)
     print(f"+ {printable}", flush=True)
@@ -91,24 +92,78 @@ def demo(train: bool) -> None:
     # The shipped model needs only the validation split (class names, a check); training needs both.
     for split, videos, seed in SPLITS[1:] if use_shipped else SPLITS:
         if not (SYNTHETIC / "annotations" / f"{split}.json").exists():
-            run(BIN / "sltnet-synth", SYNTHETIC, "--split", split, "--videos", videos, "--frames", 30,
-                "--size", 256, "--seed", seed, env=env)
+            run(
+                BIN / "sltnet-synth",
+                SYNTHETIC,
+                "--split",
+                split,
+                "--videos",
+                videos,
+                "--frames",
+                30,
+                "--size",
+                256,
+                "--seed",
+                seed,
+                env=env,
+            )
     run(BIN / "sltnet-data", "validate", "synth_small_val", env=env)
     model = SHIPPED_WEIGHTS if use_shipped else train_small(env)
     print(f"model: {model.relative_to(ROOT)}", flush=True)
     if not exported_from(model):
-        run(BIN / "sltnet-export", "--config-file", CONFIGS / f"{STAGE_2}.yaml", "--weights", model,
-            "--format", "onnx", "--out", ENGINE_DIR, "--dataset", "synth_small_val", "--check-trt", env=env)
+        run(
+            BIN / "sltnet-export",
+            "--config-file",
+            CONFIGS / f"{STAGE_2}.yaml",
+            "--weights",
+            model,
+            "--format",
+            "onnx",
+            "--out",
+            ENGINE_DIR,
+            "--dataset",
+            "synth_small_val",
+            "--check-trt",
+            env=env,
+        )
     split, videos, seed = CLIP
-    run(BIN / "sltnet-synth", DEMO_OUT / "data", "--split", split, "--videos", videos, "--frames", 60,
-        "--size", 256, "--seed", seed, "--mp4", env=env)
+    run(
+        BIN / "sltnet-synth",
+        DEMO_OUT / "data",
+        "--split",
+        split,
+        "--videos",
+        videos,
+        "--frames",
+        60,
+        "--size",
+        256,
+        "--seed",
+        seed,
+        "--mp4",
+        env=env,
+    )
     clip = DEMO_OUT / "data" / f"{split}_mp4" / "video_00000.mp4"
     ground_truth = DEMO_OUT / "data" / "annotations" / f"{split}.json"
     detections = DEMO_OUT / "demo_detections.json"
-    run(BIN / "sltnet-run", clip, "--engine", ENGINE_DIR, "--backend", "onnxruntime",
-        "--out", DEMO_OUT / "demo_annotated.mp4", "--json", detections, "--gt-json", ground_truth, env=env)
+    run(
+        BIN / "sltnet-run",
+        clip,
+        "--engine",
+        ENGINE_DIR,
+        "--backend",
+        "onnxruntime",
+        "--out",
+        DEMO_OUT / "demo_annotated.mp4",
+        "--json",
+        detections,
+        "--gt-json",
+        ground_truth,
+        env=env,
+    )
     run(BIN / "sltnet-eval", "--gt", ground_truth, "--detections", detections, env=env)
     print(f"\ndemo outputs: {DEMO_OUT / 'demo_annotated.mp4'} (annotated video), {detections} (detections)")
+
 
 def test(pytest_args: list) -> None:
     run(PYTHON, "-m", "pytest", "-q", *pytest_args)

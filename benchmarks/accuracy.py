@@ -18,28 +18,27 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-
-from fps import machine_info
 
 from runtime.detector import StreamingRuntime
 from runtime.engines import open_backend
 from sltnet.atomic_io import atomic_write_text
 from sltnet.config import load_config
+from sltnet.contract import Manifest
 from sltnet.data.catalog import DatasetCatalog, load_dataset
 from sltnet.data.records import StCocoDataset
 from sltnet.data.stcoco import read_stcoco_json
+from sltnet.errors import SltnetError
 from sltnet.evaluation import evaluate, parse_detections
 from sltnet.evaluation.detections import Detections
-from sltnet.contract import Manifest
-from sltnet.errors import SltnetError
 from sltnet.evaluation.inference import Streamer, coco_results, stream_dataset
 from sltnet.evaluation.report import subset_map
+from sltnet.machine import machine_info
 from sltnet.modeling.build import build_model
 from sltnet.modeling.streaming import StreamingDetector
 
@@ -65,14 +64,29 @@ ROWS = [
         SMALL_WEIGHTS.format("sltnet_sequential"),
         ("MODEL.SPATIOTEMPORAL.DOUBLE_HEAD", "false"),
     ),
-    Row("+ double head = SLTnet sequential", SMALL.format("sltnet_sequential"), SMALL_WEIGHTS.format("sltnet_sequential")),
+    Row(
+        "+ double head = SLTnet sequential",
+        SMALL.format("sltnet_sequential"),
+        SMALL_WEIGHTS.format("sltnet_sequential"),
+    ),
     Row("SLTnet symmetric", SMALL.format("sltnet_symmetric"), SMALL_WEIGHTS.format("sltnet_symmetric")),
     # What `python3 dev.py demo` runs: the sequential weights above, stored in float16.
-    Row("SLTnet sequential, shipped float16 weights", SMALL.format("sltnet_sequential"),
-        "sltnet/weights/small_sltnet_sequential_fp16.pt"),
+    Row(
+        "SLTnet sequential, shipped float16 weights",
+        SMALL.format("sltnet_sequential"),
+        "sltnet/weights/small_sltnet_sequential_fp16.pt",
+    ),
 ]
-ENGINES = ["output/engines/small_baseline", "output/engines/small_sltnet_sequential", "output/engines/small_sltnet_symmetric"]
-MODE_NAMES = {"single_frame": "baseline (single frame)", "sequential": "SLTnet sequential", "symmetric": "SLTnet symmetric"}
+ENGINES = [
+    "output/engines/small_baseline",
+    "output/engines/small_sltnet_sequential",
+    "output/engines/small_sltnet_symmetric",
+]
+MODE_NAMES = {
+    "single_frame": "baseline (single frame)",
+    "sequential": "SLTnet sequential",
+    "symmetric": "SLTnet symmetric",
+}
 
 
 def parse_row(text: str) -> Row:
@@ -84,7 +98,7 @@ def parse_row(text: str) -> Row:
     return Row(name, parts[0], parts[1], overrides)
 
 
-def hidden_frame_map(dataset: StCocoDataset, detections: Detections) -> Optional[float]:
+def hidden_frame_map(dataset: StCocoDataset, detections: Detections) -> float | None:
     """VID mAP@0.5 counting only ground-truth boxes marked ``hidden`` by the synthetic generator."""
     annotations = read_stcoco_json(dataset.json_path)["annotations"]
     hidden_ids = {a["id"] for a in annotations if a.get("hidden")}
@@ -94,7 +108,7 @@ def hidden_frame_map(dataset: StCocoDataset, detections: Detections) -> Optional
     return subset_map(dataset, detections, counted)
 
 
-def score_streamer(name: str, streamer: Streamer, dataset: StCocoDataset) -> Dict:
+def score_streamer(name: str, streamer: Streamer, dataset: StCocoDataset) -> dict:
     """Stream ``dataset`` through ``streamer`` and score it."""
     start = time.perf_counter()
     results = coco_results(stream_dataset(streamer, dataset, description=name), dataset.category_ids)
@@ -113,14 +127,20 @@ def score_streamer(name: str, streamer: Streamer, dataset: StCocoDataset) -> Dic
     }
 
 
-def score_row(row: Row, dataset: StCocoDataset) -> Dict:
+def score_row(row: Row, dataset: StCocoDataset) -> dict:
     """A PyTorch row: the model of ``row`` in the streaming detector."""
     cfg = load_config(row.config, ["MODEL.WEIGHTS", row.weights, *row.overrides])
     scores = score_streamer(row.name, StreamingDetector.from_config(build_model(cfg), cfg), dataset)
-    return {**scores, "backend": "pytorch", "config": row.config, "weights": row.weights, "overrides": list(row.overrides)}
+    return {
+        **scores,
+        "backend": "pytorch",
+        "config": row.config,
+        "weights": row.weights,
+        "overrides": list(row.overrides),
+    }
 
 
-def score_engine(engine: str, backend_name: str, dataset: StCocoDataset, threads: Optional[int]) -> Dict:
+def score_engine(engine: str, backend_name: str, dataset: StCocoDataset, threads: int | None) -> dict:
     """An engine row: the export folder ``engine`` on one backend (skipped when it cannot run here)."""
     manifest = Manifest.load(engine)
     name = f"{MODE_NAMES[manifest.mode]}, {backend_name}"
@@ -133,11 +153,11 @@ def score_engine(engine: str, backend_name: str, dataset: StCocoDataset, threads
     return {**scores, "backend": backend.description, "engine": engine}
 
 
-def _percent(value: Optional[float]) -> str:
+def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def markdown_table(rows: List[Dict], dataset_name: str) -> str:
+def markdown_table(rows: list[dict], dataset_name: str) -> str:
     lines = [
         f"Dataset `{dataset_name}`; mAP@0.5 (VID rule), by motion speed, on hidden frames, and COCO AP, in %.",
         "",

@@ -42,10 +42,14 @@ def main() -> None:
             for _ in range(args.detections_per_frame - 3):
                 x, y = rng.uniform(0, args.size - 20, 2)
                 w, h = rng.uniform(8, args.size / 3, 2)
-                detections.append({
-                    "image_id": image["id"], "category_id": int(rng.choice(category_ids)),
-                    "bbox": [float(x), float(y), float(w), float(h)], "score": float(rng.uniform(0, 0.9)),
-                })
+                detections.append(
+                    {
+                        "image_id": image["id"],
+                        "category_id": int(rng.choice(category_ids)),
+                        "bbox": [float(x), float(y), float(w), float(h)],
+                        "score": float(rng.uniform(0, 0.9)),
+                    }
+                )
         detections_path = Path(folder) / "detections.json"
         detections_path.write_text(json.dumps(detections))
 
@@ -54,8 +58,10 @@ def main() -> None:
         metrics = evaluate(dataset, load_detections(str(detections_path), dataset))
         elapsed = time.perf_counter() - start
     print(format_table(metrics))
-    print(f"\nscored {len(dataset)} frames, {len(ground_truth['annotations'])} ground-truth boxes, "
-          f"{len(detections)} detections in {elapsed:.2f} s")
+    print(
+        f"\nscored {len(dataset)} frames, {len(ground_truth['annotations'])} ground-truth boxes, "
+        f"{len(detections)} detections in {elapsed:.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ whose values differ, so both sides compute the same thing.
 import argparse
 import json
 import sys
-from typing import Dict, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -28,20 +28,20 @@ from runtime.engines import onnxruntime_backend
 from sltnet.atomic_io import atomic_write_text
 from sltnet.cli import ArgumentParser, console_entry
 from sltnet.config import load_config
+from sltnet.contract import FrameResult, Manifest, Window
 from sltnet.data.catalog import DatasetCatalog, load_dataset
 from sltnet.errors import SltnetError
 from sltnet.evaluation import evaluate
 from sltnet.evaluation.detections import Detections
 from sltnet.evaluation.inference import stream_dataset
 from sltnet.modeling.build import build_model
-from sltnet.contract import FrameResult, Manifest, Window
 from sltnet.modeling.streaming import StreamingDetector
 
 MAX_MAP_DIFFERENCE = 0.2  # points of mAP@0.5
 MIN_SAME_COUNT_SHARE = 0.99
 
 
-def as_detections(results: Dict[int, FrameResult]) -> Detections:
+def as_detections(results: dict[int, FrameResult]) -> Detections:
     image_ids = [np.full(len(r.scores), image_id, dtype=np.int64) for image_id, r in results.items()]
     return Detections(
         image_ids=np.concatenate(image_ids),
@@ -51,7 +51,7 @@ def as_detections(results: Dict[int, FrameResult]) -> Detections:
     )
 
 
-def compare(reference: Dict[int, FrameResult], engine: Dict[int, FrameResult]) -> Dict[str, float]:
+def compare(reference: dict[int, FrameResult], engine: dict[int, FrameResult]) -> dict[str, float]:
     """Share of frames with the same detection count; largest differences where counts agree."""
     same = [i for i in reference if len(reference[i].scores) == len(engine[i].scores)]
     box_diffs = [float((reference[i].boxes - engine[i].boxes).abs().max()) for i in same if len(reference[i].scores)]
@@ -82,7 +82,7 @@ def _check_same_setup(manifest: Manifest, cfg: CfgNode) -> None:
 
 
 @console_entry
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="export_parity.py", description="PyTorch vs onnxruntime engines: mAP and counts")
     parser.add_argument("--engine", required=True, metavar="DIR", help="export folder (manifest.json)")
     parser.add_argument("--config-file", required=True, metavar="FILE")

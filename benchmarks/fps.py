@@ -29,15 +29,15 @@ baseline fps on the same backend, onnxruntime fps / eager fps per export, and th
 
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -50,13 +50,14 @@ from runtime.video import VideoSource
 from sltnet.atomic_io import atomic_write_text
 from sltnet.cli import ArgumentParser, console_entry
 from sltnet.config import load_config
+from sltnet.contract import FrameResult, Manifest, Window
 from sltnet.data.synthetic.rendering import render_frame
 from sltnet.data.synthetic.sampling import SynthOptions, sample_video
 from sltnet.data.synthetic.writing import write_mp4
-from sltnet.errors import SltnetError
-from sltnet.modeling.build import build_model
-from sltnet.contract import FrameResult, Manifest, Window
 from sltnet.deploy.modules import streaming_detector_of
+from sltnet.errors import SltnetError
+from sltnet.machine import machine_info
+from sltnet.modeling.build import build_model
 from sltnet.modeling.streaming import StreamingDetector
 
 DEFAULT_ENGINES = (
@@ -81,11 +82,11 @@ class Target(NamedTuple):
     name: str
     mode: str  # "sequential", "symmetric" or "single_frame"
     num_frames: int
-    input_size: Tuple[int, int]
+    input_size: tuple[int, int]
     config_file: str
     weights: str
-    engine_dir: Optional[str] = None
-    manifest: Optional[Manifest] = None
+    engine_dir: str | None = None
+    manifest: Manifest | None = None
 
 
 class FrameTiming(NamedTuple):
@@ -93,7 +94,7 @@ class FrameTiming(NamedTuple):
 
     wall: float  # decode + push
     push: float
-    stages: Dict[str, float]
+    stages: dict[str, float]
 
 
 class StageClock:
@@ -105,7 +106,7 @@ class StageClock:
 
     def __init__(self, synchronize: bool) -> None:
         self.synchronize = synchronize
-        self._seconds: Dict[str, float] = defaultdict(float)
+        self._seconds: dict[str, float] = defaultdict(float)
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -117,7 +118,7 @@ class StageClock:
             _sync(self.synchronize)
             self._seconds[stage] += time.perf_counter() - start
 
-    def take(self) -> Dict[str, float]:
+    def take(self) -> dict[str, float]:
         """The stage times since the last call, then start again from zero."""
         seconds = dict(self._seconds)
         self._seconds.clear()
@@ -144,7 +145,7 @@ def engine_target(directory: str) -> Target:
     )
 
 
-def config_target(config_file: str, weights: str, input_size: Optional[Sequence[int]]) -> Target:
+def config_target(config_file: str, weights: str, input_size: Sequence[int] | None) -> Target:
     """An eager-only row target from a model config and its weights."""
     cfg = load_config(config_file, ["MODEL.WEIGHTS", weights])
     if cfg.MODEL.META_ARCHITECTURE == "SLTnet":
@@ -169,7 +170,7 @@ def eager_detector(target: Target, device: str) -> StreamingDetector:
     return streaming_detector_of(model, target.manifest)
 
 
-def synthetic_video(folder: str, input_size: Tuple[int, int], num_frames: int, seed: int = 0) -> str:
+def synthetic_video(folder: str, input_size: tuple[int, int], num_frames: int, seed: int = 0) -> str:
     """Render a synthetic clip (square frames cropped to ``input_size``) to ``folder``; its mp4 path."""
     height, width = input_size
     spec = sample_video("fps", np.random.SeedSequence(seed), num_frames, max(height, width), SynthOptions())
@@ -180,13 +181,13 @@ def synthetic_video(folder: str, input_size: Tuple[int, int], num_frames: int, s
 
 
 def stream_video(
-    push: Callable[[torch.Tensor], List[FrameResult]],
-    flush: Callable[[], List[FrameResult]],
+    push: Callable[[torch.Tensor], list[FrameResult]],
+    flush: Callable[[], list[FrameResult]],
     clock: StageClock,
     video: str,
     num_frames: int,
     progress: str,
-) -> Tuple[List[FrameTiming], Dict[int, float], Dict[int, int]]:
+) -> tuple[list[FrameTiming], dict[int, float], dict[int, int]]:
     """Decode ``video`` and push its first ``num_frames`` frames, timing each one.
 
     Returns:
@@ -194,10 +195,10 @@ def stream_video(
         ``flush``) its latency in seconds and its delay in frames.
     """
     source = VideoSource(video, num_frames)
-    timings: List[FrameTiming] = []
-    pushed_at: Dict[int, float] = {}
-    latency: Dict[int, float] = {}
-    delay: Dict[int, int] = {}
+    timings: list[FrameTiming] = []
+    pushed_at: dict[int, float] = {}
+    latency: dict[int, float] = {}
+    delay: dict[int, int] = {}
     frames = iter(source)
     try:
         for index in tqdm(range(num_frames), desc=progress, unit="frame"):
@@ -221,8 +222,8 @@ def stream_video(
 
 
 def summarize(
-    timings: Sequence[FrameTiming], latency: Dict[int, float], delay: Dict[int, int], warmup: int, staged: bool
-) -> Dict:
+    timings: Sequence[FrameTiming], latency: dict[int, float], delay: dict[int, int], warmup: int, staged: bool
+) -> dict:
     """Throughput, latency percentiles and mean stage times (ms) of the frames after ``warmup``.
 
     Args:
@@ -233,7 +234,7 @@ def summarize(
     push = np.array([t.push for t in measured])
     answered = [i for i in range(warmup, len(timings)) if i in latency]
     latency_ms = np.array([latency[i] for i in answered]) * 1e3
-    stages: Dict[str, Optional[float]] = {}
+    stages: dict[str, float | None] = {}
     for stage in STAGES:
         if stage == "bookkeeping":
             known = [sum(t.stages.get(s, 0.0) for s in TIMED_STAGES) for t in measured]
@@ -255,14 +256,14 @@ def summarize(
     }
 
 
-def peak_memory_mib(on_cuda: bool) -> Dict[str, Optional[float]]:
+def peak_memory_mib(on_cuda: bool) -> dict[str, float | None]:
     """Peak resident set size of this process so far, and peak CUDA memory of torch since the last reset."""
     host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     device = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else None
     return {"peak_rss_mib": host, "peak_cuda_mib": device}
 
 
-def run_row(target: Target, backend_name: str, video: str, args) -> Dict:
+def run_row(target: Target, backend_name: str, video: str, args) -> dict:
     """Stream ``video`` through ``target`` on ``backend_name``; the row's settings and measurements."""
     on_cuda = args.device == "cuda" or backend_name == "tensorrt"
     if on_cuda:
@@ -292,11 +293,11 @@ def run_row(target: Target, backend_name: str, video: str, args) -> Dict:
     return row
 
 
-def _find(rows: Sequence[Dict], **match) -> Optional[Dict]:
+def _find(rows: Sequence[dict], **match) -> dict | None:
     return next((row for row in rows if all(row[key] == value for key, value in match.items())), None)
 
 
-def ratios(rows: Sequence[Dict]) -> Dict[str, List[Dict]]:
+def ratios(rows: Sequence[dict]) -> dict[str, list[dict]]:
     """SLTnet vs baseline fps per backend, onnxruntime vs eager fps per target, bookkeeping shares."""
     vs_baseline, vs_eager, bookkeeping = [], [], []
     for row in rows:
@@ -304,9 +305,13 @@ def ratios(rows: Sequence[Dict]) -> Dict[str, List[Dict]]:
             baseline = _find(rows, mode="single_frame", backend=row["backend"])
             if baseline is not None:
                 vs_baseline.append(
-                    {"sltnet": row["target"], "baseline": baseline["target"], "backend": row["backend"],
-                     "ratio": row["fps"] / baseline["fps"]}
-                )  # fmt: skip
+                    {
+                        "sltnet": row["target"],
+                        "baseline": baseline["target"],
+                        "backend": row["backend"],
+                        "ratio": row["fps"] / baseline["fps"],
+                    }
+                )
         if row["backend"] == "onnxruntime":
             eager = _find(rows, target=row["target"], backend=EAGER)
             if eager is not None:
@@ -320,12 +325,12 @@ def ratios(rows: Sequence[Dict]) -> Dict[str, List[Dict]]:
     }
 
 
-def acceptance_checks(rows: Sequence[Dict]) -> List[Dict]:
+def acceptance_checks(rows: Sequence[dict]) -> list[dict]:
     """The speed issue's targets on the sequential N=3 onnxruntime row: PASS, FAIL or SKIP each."""
     checks = []
     sltnet = _find(rows, mode="sequential", num_frames=3, backend="onnxruntime")
 
-    def check(name: str, value: Optional[float], limit: float, at_most: bool, missing: str) -> None:
+    def check(name: str, value: float | None, limit: float, at_most: bool, missing: str) -> None:
         target = f"{'<=' if at_most else '>='} {limit}"
         if value is None:
             checks.append({"check": name, "status": "SKIP", "value": None, "target": target, "why": missing})
@@ -336,22 +341,37 @@ def acceptance_checks(rows: Sequence[Dict]) -> List[Dict]:
     no_row = "no sequential N=3 onnxruntime row"
     baseline = _find(rows, mode="single_frame", backend="onnxruntime")
     eager = sltnet and _find(rows, target=sltnet["target"], backend=EAGER)
-    check("bookkeeping share of per-frame time", sltnet and sltnet["bookkeeping_share"],
-          MAX_BOOKKEEPING_SHARE, True, no_row)  # fmt: skip
-    check("SLTnet fps / baseline fps (onnxruntime)", sltnet and baseline and sltnet["fps"] / baseline["fps"],
-          MIN_SLTNET_VS_BASELINE, False, f"{no_row} or no single-frame onnxruntime row")  # fmt: skip
-    check("onnxruntime fps / eager fps (SLTnet)", eager and sltnet["fps"] / eager["fps"],
-          MIN_ONNXRUNTIME_VS_EAGER, False, f"{no_row} or no eager row for it")  # fmt: skip
+    check(
+        "bookkeeping share of per-frame time",
+        sltnet and sltnet["bookkeeping_share"],
+        MAX_BOOKKEEPING_SHARE,
+        True,
+        no_row,
+    )
+    check(
+        "SLTnet fps / baseline fps (onnxruntime)",
+        sltnet and baseline and sltnet["fps"] / baseline["fps"],
+        MIN_SLTNET_VS_BASELINE,
+        False,
+        f"{no_row} or no single-frame onnxruntime row",
+    )
+    check(
+        "onnxruntime fps / eager fps (SLTnet)",
+        eager and sltnet["fps"] / eager["fps"],
+        MIN_ONNXRUNTIME_VS_EAGER,
+        False,
+        f"{no_row} or no eager row for it",
+    )
     latency = sltnet and sltnet["latency_ms"]
     check("p99 / p50 latency", latency and latency["p99"] / latency["p50"], MAX_P99_OVER_P50, True, no_row)
     return checks
 
 
-def _ms(value: Optional[float]) -> str:
+def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-def markdown_report(rows: Sequence[Dict], ratio_lists: Dict[str, List[Dict]], checks: Sequence[Dict]) -> str:
+def markdown_report(rows: Sequence[dict], ratio_lists: dict[str, list[dict]], checks: Sequence[dict]) -> str:
     """The table, the ratio lines and the check lines."""
     cuda = any(row["peak_cuda_mib"] is not None for row in rows)
     header = ["target", "mode", "backend", "fps", "ms/frame", "p50 ms", "p95 ms", "p99 ms", "delay (frames)"]
@@ -383,31 +403,6 @@ def markdown_report(rows: Sequence[Dict], ratio_lists: Dict[str, List[Dict]], ch
     return "\n".join(lines) + "\n"
 
 
-def machine_info(threads: int, command: Sequence[str]) -> Dict:
-    """CPU, core count, threads, library versions and the command line, for the JSON."""
-    cpu = platform.processor()
-    if os.path.isfile("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), cpu)
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "threads": threads,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "command": list(command),
-    }
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        info["onnxruntime"] = None
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="fps.py", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -417,9 +412,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--weights", metavar="W", help="weights of --config-file")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="frame size of --config-file's row")
     parser.add_argument(
-        "--backend", nargs="+", choices=(*ENGINE_BACKENDS, EAGER), default=["onnxruntime", EAGER],
+        "--backend",
+        nargs="+",
+        choices=(*ENGINE_BACKENDS, EAGER),
+        default=["onnxruntime", EAGER],
         help="backends to compare (default: onnxruntime eager)",
-    )  # fmt: skip
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of onnxruntime, torch, eager")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--video", metavar="V", help="video (or image folder) at the engines' input size")
@@ -456,7 +454,7 @@ def _check_video_size(video: str, target: Target) -> None:
         )
 
 
-def targets_from_args(args) -> List[Target]:
+def targets_from_args(args) -> list[Target]:
     engines = args.engine
     if engines is None and args.config_file is None:
         engines = [d for d in DEFAULT_ENGINES if Path(d, "manifest.json").is_file()]
@@ -471,13 +469,13 @@ def targets_from_args(args) -> List[Target]:
 
 
 @console_entry
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_arguments(args)
     torch.set_num_threads(args.threads)
     targets = targets_from_args(args)
     with tempfile.TemporaryDirectory(prefix="sltnet-fps-") as scratch:
-        videos: Dict[Tuple[int, int], str] = {}
+        videos: dict[tuple[int, int], str] = {}
         rows = []
         for target in targets:
             if args.video is not None:

@@ -14,7 +14,6 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Dict
 
 from sltnet.atomic_io import atomic_write_text
 
@@ -24,10 +23,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 BLOCK = re.compile(r"(<!-- BEGIN results: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- END results: (?P=name) -->)", re.S)
 
 
-def machine_line(machine: Dict) -> str:
+def machine_line(machine: dict) -> str:
     """One sentence naming the machine, its libraries and the command."""
     device = f"{machine['gpu']} GPU, " if machine.get("gpu") else ""
-    libraries = f"torch {machine['torch']}" + (f", onnxruntime {machine['onnxruntime']}" if machine.get("onnxruntime") else "")
+    libraries = f"torch {machine['torch']}" + (
+        f", onnxruntime {machine['onnxruntime']}" if machine.get("onnxruntime") else ""
+    )
     command = " ".join(machine["command"])
     return (
         f"Measured on {device}{machine['cpu']} ({machine['cores']} cores, {machine['threads']} threads), {libraries}, "
@@ -35,7 +36,7 @@ def machine_line(machine: Dict) -> str:
     )
 
 
-def render_block(report: Dict) -> str:
+def render_block(report: dict) -> str:
     """The block's body for one results JSON."""
     return f"{machine_line(report['machine'])}\n\n{report['markdown'].rstrip()}\n"
 

@@ -10,7 +10,7 @@ than ``--max-growth-mb``.
 """
 
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from tqdm import tqdm
@@ -41,7 +41,7 @@ def moving_square(frame_size: Sequence[int], num_variants: int = 16) -> torch.Te
 
 
 @console_entry
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="runtime_memory.py", description=__doc__.splitlines()[0])
     parser.add_argument("--engine", metavar="DIR", required=True, help="export folder")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")

@@ -11,8 +11,8 @@ one line (exit status 2).
 """
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
 
 import torch
 from yacs.config import CfgNode
@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="check both graphs against the TensorRT operator table; list the offending nodes",
     )
     parser.add_argument(
-        "--ops-table", metavar="TSV", help="TensorRT operator table (default: export/tensorrt_onnx_ops.tsv, shipped with the package)"
+        "--ops-table",
+        metavar="TSV",
+        help="TensorRT operator table (default: export/tensorrt_onnx_ops.tsv, shipped with the package)",
     )
     classes = parser.add_mutually_exclusive_group()
     classes.add_argument(
@@ -108,7 +110,7 @@ def _load_config(args: argparse.Namespace) -> CfgNode:
     return cfg
 
 
-def _classes(args: argparse.Namespace, cfg: CfgNode) -> Tuple[List[str], List[int]]:
+def _classes(args: argparse.Namespace, cfg: CfgNode) -> tuple[list[str], list[int]]:
     """Class names and dataset category ids, in class order."""
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     if args.class_names is not None:
@@ -169,7 +171,7 @@ def _build_tensorrt(args: argparse.Namespace, out: Path, manifest: Manifest) -> 
 
 
 @console_entry
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_arguments(args)
     cfg = _load_config(args)

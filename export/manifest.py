@@ -1,7 +1,7 @@
-"""The manifest of a fresh export (:class:`sltnet.contract.Manifest`, docs/deployment.md#the-manifest):
+"""The manifest of a fresh export (:class:`sltnet.contract.Manifest`, docs/deployment.md#manifest):
 what the engines were built with, read off the exported modules and the config."""
 
-from typing import Dict, Sequence
+from collections.abc import Sequence
 
 import onnx
 import torch
@@ -27,7 +27,7 @@ from sltnet.contract import (
 
 
 def build_manifest(
-    cfg: CfgNode, engines: ExportedEngines, classes: Sequence[str], category_ids: Sequence[int], source: Dict[str, str]
+    cfg: CfgNode, engines: ExportedEngines, classes: Sequence[str], category_ids: Sequence[int], source: dict[str, str]
 ) -> Manifest:
     """The manifest of a fresh ONNX export (``files`` filled in by :meth:`Manifest.write`).
 

@@ -14,9 +14,10 @@ the temporal engine varies in length, and it never reaches an output.
 
 import io
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence, Tuple, Union
+from typing import NamedTuple
 
 import onnx
 import torch
@@ -44,7 +45,7 @@ class ExportedEngines(NamedTuple):
     temporal: EngineSection
 
 
-def default_input_size(cfg: CfgNode) -> Tuple[int, int]:
+def default_input_size(cfg: CfgNode) -> tuple[int, int]:
     """(``INPUT.MIN_SIZE_TEST``, ``INPUT.MAX_SIZE_TEST``): the largest landscape frame the test-time
     resize leaves unchanged (256 x 256 for the synthetic ``small`` configs)."""
     if cfg.INPUT.MIN_SIZE_TEST <= 0:
@@ -141,7 +142,7 @@ def export_module(
 
 
 def export_onnx(
-    model: Union[SLTnet, FasterRCNN], cfg: CfgNode, out_dir: Path, input_size: Tuple[int, int]
+    model: SLTnet | FasterRCNN, cfg: CfgNode, out_dir: Path, input_size: tuple[int, int]
 ) -> ExportedEngines:
     """Write ``frame.onnx`` and ``temporal.onnx`` for ``model`` into ``out_dir``.
 

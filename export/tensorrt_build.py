@@ -1,4 +1,5 @@
-"""TensorRT engines from the exported ONNX graphs (DESIGN B.5), TensorRT 10 Python API only.
+"""TensorRT engines from the exported ONNX graphs (docs/deployment.md#tensorrt-and-onnx-runtime-facts),
+TensorRT 10 Python API only.
 
 Build: plugins initialised, ``create_network(0)`` (explicit batch, the only mode in TensorRT 10),
 ``OnnxParser.parse_from_file`` with every parser error reported, a workspace limit
@@ -14,14 +15,13 @@ Built engines are run by :mod:`runtime.engines` (named tensors, ``set_tensor_add
 ``execute_async_v3`` on a dedicated CUDA stream, buffers from torch CUDA tensors).
 """
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Optional, Sequence
-
-import torch
 
 from runtime.engines import tensorrt_unavailable
 from sltnet.atomic_io import atomic_output
 from sltnet.errors import SltnetError
+
 
 def _parser_errors(parser, onnx_path: Path) -> str:  # type: ignore[no-untyped-def]
     """Every parser error on one line, with the ONNX node each one names."""
@@ -44,7 +44,7 @@ def build_engine(
     fp16: bool,
     workspace_mib: int,
     timing_cache: Path,
-    input_shapes: Dict[str, Sequence[int]],
+    input_shapes: dict[str, Sequence[int]],
 ) -> None:
     """Build and serialize one engine.
 
@@ -94,4 +94,3 @@ def build_engine(
         stream.write(plan)
     with atomic_output(timing_cache, "wb") as stream:
         stream.write(config.get_timing_cache().serialize())
-

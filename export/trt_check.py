@@ -1,4 +1,5 @@
-"""Static TensorRT check of an ONNX graph against ``shared/tensorrt_onnx_ops.tsv`` (DESIGN B).
+"""Static TensorRT check of an ONNX graph against ``shared/tensorrt_onnx_ops.tsv``
+(docs/deployment.md#the-deployment-split).
 
 TensorRT only runs where a GPU and the ``tensorrt`` package exist; this check needs neither. For every
 node (after inlining local functions, including nodes of subgraphs) it verifies:
@@ -22,9 +23,10 @@ condition of the table was checked.
 
 import csv
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Union
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -73,7 +75,7 @@ def default_ops_table() -> Path:
     return Path(__file__).resolve().parent / OPS_TABLE_NAME
 
 
-def load_ops_table(path: Union[str, Path]) -> Dict[str, OpSupport]:
+def load_ops_table(path: str | Path) -> dict[str, OpSupport]:
     """Read the operator table (``#`` comment lines, then a header ``op supported types restrictions``)."""
     path = Path(path)
     if not path.is_file():
@@ -95,10 +97,10 @@ class _Graph:
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-        self.types: Dict[str, int] = {}
-        self.shapes: Dict[str, List[int]] = {}
-        self._initializers: Dict[str, onnx.TensorProto] = {}
-        self._constant_nodes: Dict[str, onnx.NodeProto] = {}
+        self.types: dict[str, int] = {}
+        self.shapes: dict[str, list[int]] = {}
+        self._initializers: dict[str, onnx.TensorProto] = {}
+        self._constant_nodes: dict[str, onnx.NodeProto] = {}
         for graph in _graphs(model.graph):
             for value in [*graph.input, *graph.output, *graph.value_info]:
                 tensor_type = value.type.tensor_type
@@ -154,7 +156,7 @@ def _has_attribute(node: onnx.NodeProto, name: str) -> bool:
     return any(attribute.name == name for attribute in node.attribute)
 
 
-def _input(node: onnx.NodeProto, schema: onnx.defs.OpSchema, name: str) -> Optional[str]:
+def _input(node: onnx.NodeProto, schema: onnx.defs.OpSchema, name: str) -> str | None:
     """The node's value for the schema's input ``name`` (None where absent)."""
     for index, formal in enumerate(schema.inputs):
         if formal.name == name:
@@ -162,7 +164,7 @@ def _input(node: onnx.NodeProto, schema: onnx.defs.OpSchema, name: str) -> Optio
     return None
 
 
-def _type_problems(node: onnx.NodeProto, schema: onnx.defs.OpSchema, support: OpSupport, graph: _Graph) -> List[str]:
+def _type_problems(node: onnx.NodeProto, schema: onnx.defs.OpSchema, support: OpSupport, graph: _Graph) -> list[str]:
     constraints = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
     problems = []
     for values, formals in ((node.input, schema.inputs), (node.output, schema.outputs)):
@@ -181,14 +183,14 @@ def _type_problems(node: onnx.NodeProto, schema: onnx.defs.OpSchema, support: Op
     return problems
 
 
-def _require_constant(node: onnx.NodeProto, schema: onnx.defs.OpSchema, name: str, graph: _Graph) -> List[str]:
+def _require_constant(node: onnx.NodeProto, schema: onnx.defs.OpSchema, name: str, graph: _Graph) -> list[str]:
     value = _input(node, schema, name)
     if value is not None and not graph.is_constant(value):
         return [f"input '{name}' ({value!r}) must be a constant (initializer or Constant node)"]
     return []
 
 
-def _check_topk(node: onnx.NodeProto, schema: onnx.defs.OpSchema, graph: _Graph) -> List[str]:
+def _check_topk(node: onnx.NodeProto, schema: onnx.defs.OpSchema, graph: _Graph) -> list[str]:
     problems = [] if _attribute(node, "sorted", 1) == 1 else ["'sorted' must be 1"]
     k = _input(node, schema, "K")
     if k is None or not graph.is_constant(k):
@@ -199,7 +201,7 @@ def _check_topk(node: onnx.NodeProto, schema: onnx.defs.OpSchema, graph: _Graph)
     return problems
 
 
-def _check_nms(node: onnx.NodeProto, schema: onnx.defs.OpSchema, graph: _Graph) -> List[str]:
+def _check_nms(node: onnx.NodeProto, schema: onnx.defs.OpSchema, graph: _Graph) -> list[str]:
     problems = [
         problem
         for name in ("max_output_boxes_per_class", "iou_threshold", "score_threshold")
@@ -213,7 +215,7 @@ def _check_nms(node: onnx.NodeProto, schema: onnx.defs.OpSchema, graph: _Graph) 
     return problems
 
 
-def _check_roi_align(node: onnx.NodeProto, schema: onnx.defs.OpSchema, graph: _Graph) -> List[str]:
+def _check_roi_align(node: onnx.NodeProto, schema: onnx.defs.OpSchema, graph: _Graph) -> list[str]:
     problems = []
     if graph.opset < 16:
         problems.append(f"opset {graph.opset}: aligned RoIAlign (half_pixel) needs opset >= 16")
@@ -226,7 +228,7 @@ def _check_roi_align(node: onnx.NodeProto, schema: onnx.defs.OpSchema, graph: _G
     return problems
 
 
-def _check_resize(node: onnx.NodeProto, schema: onnx.defs.OpSchema, graph: _Graph) -> List[str]:
+def _check_resize(node: onnx.NodeProto, schema: onnx.defs.OpSchema, graph: _Graph) -> list[str]:
     problems = []
     transform = _attribute(node, "coordinate_transformation_mode", "half_pixel")
     if transform not in _RESIZE_TRANSFORMS:
@@ -248,7 +250,7 @@ def _check_resize(node: onnx.NodeProto, schema: onnx.defs.OpSchema, graph: _Grap
     return problems
 
 
-def _check_pool(node: onnx.NodeProto, schema: onnx.defs.OpSchema, graph: _Graph) -> List[str]:
+def _check_pool(node: onnx.NodeProto, schema: onnx.defs.OpSchema, graph: _Graph) -> list[str]:
     problems = []
     if len(_attribute(node, "kernel_shape", [])) not in (2, 3):
         problems.append("only 2-D or 3-D pooling is supported")
@@ -259,17 +261,17 @@ def _check_pool(node: onnx.NodeProto, schema: onnx.defs.OpSchema, graph: _Graph)
     return problems
 
 
-def _check_constant(node: onnx.NodeProto, schema: onnx.defs.OpSchema, graph: _Graph) -> List[str]:
+def _check_constant(node: onnx.NodeProto, schema: onnx.defs.OpSchema, graph: _Graph) -> list[str]:
     unsupported = [name for name in ("sparse_value", "value_string", "value_strings") if _has_attribute(node, name)]
     return [f"attribute {name!r} is not supported" for name in unsupported]
 
 
-def _check_scatter_nd(node: onnx.NodeProto, schema: onnx.defs.OpSchema, graph: _Graph) -> List[str]:
+def _check_scatter_nd(node: onnx.NodeProto, schema: onnx.defs.OpSchema, graph: _Graph) -> list[str]:
     return [] if _attribute(node, "reduction", "none") == "none" else ["'reduction' is not supported"]
 
 
-_NodeCheck = Callable[[onnx.NodeProto, onnx.defs.OpSchema, _Graph], List[str]]
-_OP_CHECKS: Dict[str, _NodeCheck] = {
+_NodeCheck = Callable[[onnx.NodeProto, onnx.defs.OpSchema, _Graph], list[str]]
+_OP_CHECKS: dict[str, _NodeCheck] = {
     "TopK": _check_topk,
     "NonMaxSuppression": _check_nms,
     "RoiAlign": _check_roi_align,
@@ -284,7 +286,7 @@ _OP_CHECKS: Dict[str, _NodeCheck] = {
 
 def _restriction_problems(
     node: onnx.NodeProto, schema: onnx.defs.OpSchema, support: OpSupport, graph: _Graph
-) -> List[str]:
+) -> list[str]:
     if node.op_type in _OP_CHECKS:
         return _OP_CHECKS[node.op_type](node, schema, graph)
     problems = []
@@ -297,7 +299,7 @@ def _restriction_problems(
     return problems
 
 
-def check_model(model: Union[onnx.ModelProto, str, Path], table: Dict[str, OpSupport]) -> List[Problem]:
+def check_model(model: onnx.ModelProto | str | Path, table: dict[str, OpSupport]) -> list[Problem]:
     """Every problem TensorRT would have with the graph's nodes (empty: the graph passes).
 
     Args:
@@ -317,7 +319,7 @@ def check_model(model: Union[onnx.ModelProto, str, Path], table: Dict[str, OpSup
     return problems
 
 
-def _node_problems(node: onnx.NodeProto, table: Dict[str, OpSupport], graph: _Graph) -> List[str]:
+def _node_problems(node: onnx.NodeProto, table: dict[str, OpSupport], graph: _Graph) -> list[str]:
     if node.domain not in ("", "ai.onnx"):
         return [f"custom domain {node.domain!r}: TensorRT's ONNX parser has no such operator"]
     support = table.get(node.op_type)

@@ -13,8 +13,8 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 from tqdm import tqdm
 
@@ -24,8 +24,8 @@ from runtime.engines import BACKENDS, open_backend
 from runtime.video import VideoSource, VideoWriter
 from sltnet.atomic_io import atomic_write_text
 from sltnet.cli import ArgumentParser, console_entry
-from sltnet.errors import SltnetError
 from sltnet.contract import FrameResult, Manifest
+from sltnet.errors import SltnetError
 
 DEFAULT_ENGINE = "./output/engines/small_sltnet_sequential"
 FPS_SMOOTHING = 0.9  # weight of the past in the overlay's moving average
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_writable(option: str, path: Optional[str]) -> None:
+def _check_writable(option: str, path: str | None) -> None:
     """Fail before any work if ``path``'s folder cannot take a new file."""
     if path is None:
         return
@@ -70,7 +70,7 @@ def _check_writable(option: str, path: Optional[str]) -> None:
         raise SltnetError(f"{option} {path}: folder {folder} is not writable")
 
 
-def gt_image_ids(gt_json: str, video_name: str) -> List[int]:
+def gt_image_ids(gt_json: str, video_name: str) -> list[int]:
     """Image ids of ``video_name``'s frames in an ST-COCO JSON, in frame order.
 
     Raises:
@@ -86,7 +86,7 @@ def gt_image_ids(gt_json: str, video_name: str) -> List[int]:
     return [image_id for _, image_id in frames]
 
 
-def coco_results(result: FrameResult, timestamp: float, image_id: int, manifest: Manifest) -> List[Dict]:
+def coco_results(result: FrameResult, timestamp: float, image_id: int, manifest: Manifest) -> list[dict]:
     """One COCO result per detection, with the frame index, its timestamp and the class name."""
     entries = []
     for (x1, y1, x2, y2), score, label in zip(result.boxes.tolist(), result.scores.tolist(), result.classes.tolist()):
@@ -105,7 +105,7 @@ def coco_results(result: FrameResult, timestamp: float, image_id: int, manifest:
 
 
 @console_entry
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.max_frames is not None and args.max_frames < 1:
         raise SltnetError(f"--max-frames {args.max_frames}: must be at least 1")
@@ -119,7 +119,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if (source.height, source.width) != (height, width):
             raise SltnetError(
                 f"{args.video}: frames are {source.width}x{source.height}, the engines in {args.engine} take "
-                f"{width}x{height} (export for this video with sltnet-export --input-size {source.height} {source.width})"
+                f"{width}x{height} (export for this video with sltnet-export --input-size "
+                f"{source.height} {source.width})"
             )
         image_ids = gt_image_ids(args.gt_json, args.gt_video or Path(args.video).stem) if args.gt_json else None
         backend = open_backend(args.backend, args.engine, manifest)
@@ -127,13 +128,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         runtime = StreamingRuntime(manifest, backend, args.score_thresh)
         if args.out:
             writer = VideoWriter(args.out, width, height, source.fps)
-        detections: List[Dict] = []
-        waiting: Dict[int, tuple] = {}  # frames decoded but not answered yet (symmetric latency)
+        detections: list[dict] = []
+        waiting: dict[int, tuple] = {}  # frames decoded but not answered yet (symmetric latency)
         fps = None
         start = last = time.perf_counter()
         num_frames = 0
 
-        def emit(results: List[FrameResult]) -> None:
+        def emit(results: list[FrameResult]) -> None:
             for result in results:
                 image, timestamp = waiting.pop(result.frame_index)
                 if image_ids is not None and result.frame_index >= len(image_ids):

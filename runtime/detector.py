@@ -1,4 +1,5 @@
-"""Streaming detection over the two engines with state in preallocated rings (DESIGN A.2, B.3).
+"""Streaming detection over the two engines with state in preallocated rings (docs/method.md#frame-window,
+docs/deployment.md#runtime).
 
 :class:`StreamingRuntime` answers exactly like :class:`~sltnet.modeling.streaming.StreamingDetector`.
 Its state is allocated once, on the backend's device, when it is created:
@@ -27,8 +28,8 @@ name, it returns a context manager wrapped around that stage's work; the stages 
 """
 
 from collections import deque
-from contextlib import nullcontext
-from typing import Callable, ContextManager, Deque, Dict, List, Optional, Tuple
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import Tensor
@@ -50,10 +51,10 @@ from sltnet.errors import SltnetError
 
 # What a ``timer`` sees: image upload, the two engine runs, detections to a FrameResult.
 TIMED_STAGES = ("preprocess", "frame_engine", "temporal_engine", "postprocess")
-StageTimer = Callable[[str], ContextManager[None]]
+StageTimer = Callable[[str], AbstractContextManager[None]]
 
 
-def _untimed(stage: str) -> ContextManager[None]:
+def _untimed(stage: str) -> AbstractContextManager[None]:
     return nullcontext()
 
 
@@ -76,7 +77,7 @@ class MemoryRing:
 
     def __init__(
         self,
-        specs: Dict[str, TensorSpec],
+        specs: dict[str, TensorSpec],
         num_keyframes: int,
         keyframe_interval: int,
         device: torch.device,
@@ -94,7 +95,7 @@ class MemoryRing:
         """Number of entries held."""
         return min(self.num_writes, self.num_keyframes)
 
-    def bindings(self) -> Dict[str, Tensor]:
+    def bindings(self) -> dict[str, Tensor]:
         """``{engine tensor name: slot buffer}`` in the current order."""
         named = {}
         for position, index in enumerate(self.order):
@@ -136,8 +137,8 @@ class StreamingRuntime:
         self,
         manifest: Manifest,
         backend: Backend,
-        score_thresh: Optional[float] = None,
-        timer: Optional[StageTimer] = None,
+        score_thresh: float | None = None,
+        timer: StageTimer | None = None,
     ) -> None:
         self.backend = backend
         self._timer = timer or _untimed
@@ -170,11 +171,11 @@ class StreamingRuntime:
         device = backend.device
         self.image_name = manifest.input.tensor
         self.image = _empty(manifest.engines.frame.input_specs()[self.image_name], device)
-        self.slots: List[Dict[str, Tensor]] = [
+        self.slots: list[dict[str, Tensor]] = [
             {name: _empty(spec, device) for name, spec in frame_outputs.items()} for _ in range(self.window.size)
         ]
         self.detections = {name: _empty(temporal_outputs[name], device) for name in DETECTION_OUTPUTS}
-        self.memory: Optional[MemoryRing] = None
+        self.memory: MemoryRing | None = None
         if memory.long_term:
             self.memory = MemoryRing(temporal_outputs, memory.num_keyframes, memory.keyframe_interval, device)
         on_cuda = device.type == "cuda"
@@ -199,7 +200,7 @@ class StreamingRuntime:
         for name, tensor in fixed.items():
             temporal.bind(name, tensor)
 
-    def buffers(self) -> Dict[str, Tensor]:
+    def buffers(self) -> dict[str, Tensor]:
         """Every buffer the runtime binds, by a unique name (for checks that nothing is reallocated)."""
         named = {"image": self.image, **{f"det/{n}": t for n, t in self.detections.items()}}
         for index, slot in enumerate(self.slots):
@@ -211,7 +212,7 @@ class StreamingRuntime:
 
     def reset(self) -> None:
         """Start a new video: forget the window and the long-term memory."""
-        self._pending: Deque[int] = deque()  # frames pushed but not yet answered
+        self._pending: deque[int] = deque()  # frames pushed but not yet answered
         self._num_frames = 0
         if self.memory is not None:
             self.memory.reset()
@@ -219,7 +220,7 @@ class StreamingRuntime:
     def _stream(self):
         return torch.cuda.stream(self.backend.stream) if self.backend.stream is not None else nullcontext()
 
-    def push(self, image: Tensor) -> List[FrameResult]:
+    def push(self, image: Tensor) -> list[FrameResult]:
         """Add the next frame of the current video.
 
         Args:
@@ -251,7 +252,7 @@ class StreamingRuntime:
                 results.append(self._detect(self._pending.popleft()))
         return results
 
-    def flush(self) -> List[FrameResult]:
+    def flush(self) -> list[FrameResult]:
         """End of the video: answer every pending frame (the last frame fills the future), then reset."""
         with self._stream():
             results = [self._detect(index) for index in self._pending]
@@ -298,11 +299,11 @@ class StreamingRuntime:
 
 
 def _input_sources(
-    frame_outputs: Dict[str, TensorSpec],
-    temporal_outputs: Dict[str, TensorSpec],
-    slot_bindings: List[List[Tuple[str, str]]],
+    frame_outputs: dict[str, TensorSpec],
+    temporal_outputs: dict[str, TensorSpec],
+    slot_bindings: list[list[tuple[str, str]]],
     memory: MemorySection,
-) -> Dict[str, Tuple[str, TensorSpec]]:
+) -> dict[str, tuple[str, TensorSpec]]:
     """{temporal input: (what the runtime binds to it, that buffer's spec)} for the window and memory inputs."""
     sources = {
         input_name: (f"the frame engine's {name!r}", frame_outputs[name])
@@ -319,7 +320,7 @@ def _input_sources(
     return sources
 
 
-def _check_specs(temporal_inputs: Dict[str, TensorSpec], sources: Dict[str, Tuple[str, TensorSpec]]) -> None:
+def _check_specs(temporal_inputs: dict[str, TensorSpec], sources: dict[str, tuple[str, TensorSpec]]) -> None:
     """Every temporal input in ``sources`` takes the buffer bound to it as it is."""
     for name, (source, spec) in sources.items():
         expected = temporal_inputs.get(name)

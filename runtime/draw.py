@@ -1,6 +1,6 @@
 """Annotated frames: boxes, class names and scores, and a frames-per-second overlay (Pillow)."""
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -21,7 +21,7 @@ PALETTE = (
 
 
 def annotate(
-    image: np.ndarray, result: FrameResult, class_names: Sequence[str], fps: Optional[float] = None
+    image: np.ndarray, result: FrameResult, class_names: Sequence[str], fps: float | None = None
 ) -> np.ndarray:
     """Draw ``result``'s detections (and ``fps``, top left) on a copy of ``image``.
 

@@ -1,4 +1,5 @@
-"""The two exported engines behind one I/O-binding interface, for three backends (DESIGN B.3, B.5).
+"""The two exported engines behind one I/O-binding interface, for three backends (docs/deployment.md#runtime,
+#tensorrt-and-onnx-runtime-facts).
 
 Every backend runs an engine on tensors *bound by name*: the runtime binds its preallocated ring
 buffers (torch tensors on the backend's device) and calls :meth:`BoundEngine.run`; the engine reads
@@ -18,7 +19,7 @@ buffer is how the runtime rotates its window; binding the same buffer again is f
 import importlib
 import importlib.util
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Union
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -39,19 +40,19 @@ class BoundEngine:
         device: where bound tensors must live.
     """
 
-    def __init__(self, inputs: Dict[str, TensorSpec], outputs: Dict[str, TensorSpec], device: torch.device) -> None:
+    def __init__(self, inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec], device: torch.device) -> None:
         self.inputs = dict(inputs)
         self.outputs = dict(outputs)
         self.device = torch.device(device)
-        self._bound: Dict[str, Tensor] = {}
+        self._bound: dict[str, Tensor] = {}
         self.num_runs = 0
 
     @property
-    def input_names(self) -> List[str]:
+    def input_names(self) -> list[str]:
         return list(self.inputs)
 
     @property
-    def output_names(self) -> List[str]:
+    def output_names(self) -> list[str]:
         return list(self.outputs)
 
     def bind(self, name: str, tensor: Tensor) -> None:
@@ -73,7 +74,7 @@ class BoundEngine:
         self.num_runs += 1
         self._execute()
 
-    def __call__(self, feeds: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    def __call__(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
         """Convenience for checks: run on ``feeds`` and return new output tensors (on :attr:`device`)."""
         for name in self.input_names:
             self.bind(name, feeds[name].to(self.device).contiguous())
@@ -97,7 +98,7 @@ class TorchEngine(BoundEngine):
     """An engine as a PyTorch module; its results are copied into the bound outputs."""
 
     def __init__(
-        self, module: nn.Module, inputs: Dict[str, TensorSpec], outputs: Dict[str, TensorSpec], device: torch.device
+        self, module: nn.Module, inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec], device: torch.device
     ) -> None:
         super().__init__(inputs, outputs, device)
         self.module = module.eval().to(self.device)
@@ -121,11 +122,11 @@ class OnnxRuntimeEngine(BoundEngine):
 
     def __init__(
         self,
-        path: Union[str, Path],
-        inputs: Dict[str, TensorSpec],
-        outputs: Dict[str, TensorSpec],
+        path: str | Path,
+        inputs: dict[str, TensorSpec],
+        outputs: dict[str, TensorSpec],
         device: torch.device,
-        num_threads: Optional[int] = None,
+        num_threads: int | None = None,
     ) -> None:
         import onnxruntime
 
@@ -166,9 +167,7 @@ class TensorRTEngine(BoundEngine):
         SltnetError: a plan this TensorRT cannot deserialize, or I/O other than the manifest's.
     """
 
-    def __init__(
-        self, path: Union[str, Path], inputs: Dict[str, TensorSpec], outputs: Dict[str, TensorSpec], stream
-    ) -> None:
+    def __init__(self, path: str | Path, inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec], stream) -> None:
         import tensorrt as trt
 
         super().__init__(inputs, outputs, torch.device("cuda", torch.cuda.current_device()))
@@ -212,20 +211,20 @@ class Backend(NamedTuple):
 
 
 def module_backend(
-    frame: nn.Module, temporal: nn.Module, manifest: Manifest, device: Union[str, torch.device] = "cpu"
+    frame: nn.Module, temporal: nn.Module, manifest: Manifest, device: str | torch.device = "cpu"
 ) -> Backend:
     """The ``torch`` backend on engine modules (:func:`sltnet.deploy.modules.build_engine_modules`)."""
     device = torch.device(device)
-    frame_engine = TorchEngine(frame, manifest.engines.frame.input_specs(), manifest.engines.frame.output_specs(), device)
+    frame_engine = TorchEngine(
+        frame, manifest.engines.frame.input_specs(), manifest.engines.frame.output_specs(), device
+    )
     temporal_engine = TorchEngine(
         temporal, manifest.engines.temporal.input_specs(), manifest.engines.temporal.output_specs(), device
     )
     return Backend("torch", f"torch ({device.type})", device, frame_engine, temporal_engine)
 
 
-def torch_backend(
-    directory: Union[str, Path], manifest: Manifest, device: Union[str, torch.device] = "cpu"
-) -> Backend:
+def torch_backend(directory: str | Path, manifest: Manifest, device: str | torch.device = "cpu") -> Backend:
     """The ``torch`` backend: the engines as PyTorch modules of the model in the export's ``source``
     config and weights, with the settings the manifest states.
 
@@ -247,7 +246,11 @@ def torch_backend(
     modules = engine_modules_of(build_model(cfg), manifest)
     names = (modules.frame.output_names, modules.temporal.input_names, modules.temporal.output_names)
     frame, temporal = manifest.engines.frame, manifest.engines.temporal
-    if names != ([s.name for s in frame.outputs], [s.name for s in temporal.inputs], [s.name for s in temporal.outputs]):
+    if names != (
+        [s.name for s in frame.outputs],
+        [s.name for s in temporal.inputs],
+        [s.name for s in temporal.outputs],
+    ):
         raise SltnetError(
             f"{Path(directory) / MANIFEST_FILE}: the model rebuilt from {config_file} has other engine tensors"
         )
@@ -255,10 +258,10 @@ def torch_backend(
 
 
 def onnxruntime_backend(
-    directory: Union[str, Path],
+    directory: str | Path,
     manifest: Manifest,
-    device: Union[str, torch.device] = "cpu",
-    num_threads: Optional[int] = None,
+    device: str | torch.device = "cpu",
+    num_threads: int | None = None,
 ) -> Backend:
     """The ``onnxruntime`` backend on the export's ONNX graphs (``device`` "cuda" needs onnxruntime-gpu)."""
     device = torch.device(device)
@@ -272,7 +275,7 @@ def onnxruntime_backend(
     return Backend("onnxruntime", f"onnxruntime ({provider})", device, *engines)
 
 
-def tensorrt_unavailable(manifest: Optional[Manifest] = None) -> Optional[str]:
+def tensorrt_unavailable(manifest: Manifest | None = None) -> str | None:
     """Why TensorRT engines cannot be built or run here, or (given ``manifest``) why this export
     cannot run on the ``tensorrt`` backend; None when they can."""
     try:
@@ -292,7 +295,7 @@ def tensorrt_unavailable(manifest: Optional[Manifest] = None) -> Optional[str]:
     return None
 
 
-def tensorrt_backend(directory: Union[str, Path], manifest: Manifest) -> Backend:
+def tensorrt_backend(directory: str | Path, manifest: Manifest) -> Backend:
     """The ``tensorrt`` backend: both plans on one dedicated CUDA stream.
 
     Raises:
@@ -328,10 +331,10 @@ def onnxruntime_cuda_available() -> bool:
 
 def open_backend(
     name: str,
-    directory: Union[str, Path],
+    directory: str | Path,
     manifest: Manifest,
-    device: Optional[str] = None,
-    num_threads: Optional[int] = None,
+    device: str | None = None,
+    num_threads: int | None = None,
 ) -> Backend:
     """Open the backend ``name`` (one of :data:`BACKENDS`) on an export.
 

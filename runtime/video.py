@@ -5,8 +5,9 @@ import os
 import queue
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, List, NamedTuple, Optional
+from typing import NamedTuple
 
 import av
 import numpy as np
@@ -41,15 +42,13 @@ class VideoSource:
         SltnetError: missing input, not a video, no video stream, an empty folder.
     """
 
-    def __init__(
-        self, path: str, max_frames: Optional[int] = None, folder_fps: float = 25.0, queue_size: int = 8
-    ) -> None:
+    def __init__(self, path: str, max_frames: int | None = None, folder_fps: float = 25.0, queue_size: int = 8) -> None:
         self.path = path
         self.max_frames = max_frames
-        self._queue: "queue.Queue" = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._container = None
-        self._files: List[Path] = []
+        self._files: list[Path] = []
         if os.path.isdir(path):
             self._files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not self._files:
@@ -57,7 +56,7 @@ class VideoSource:
             first = read_image(str(self._files[0]))
             self.height, self.width = int(first.shape[1]), int(first.shape[2])
             self.fps = folder_fps
-            self.num_frames: Optional[int] = len(self._files)
+            self.num_frames: int | None = len(self._files)
         elif not os.path.isfile(path):
             raise SltnetError(f"{path}: not found")
         else:
@@ -84,7 +83,8 @@ class VideoSource:
                 image = read_image(str(file))
                 if tuple(image.shape[1:]) != (self.height, self.width):
                     raise SltnetError(
-                        f"{file}: {image.shape[2]}x{image.shape[1]}, the folder's first image is {self.width}x{self.height}"
+                        f"{file}: {image.shape[2]}x{image.shape[1]}, the folder's first image is "
+                        f"{self.width}x{self.height}"
                     )
                 yield DecodedFrame(index, image, index / self.fps)
             return
@@ -169,8 +169,8 @@ class VideoWriter:
         stream = self._container.add_stream(_codec(), rate=round(fps) or 25)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         self._stream = stream
-        self._queue: "queue.Queue" = queue.Queue(maxsize=queue_size)
-        self._error: Optional[BaseException] = None
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._encode, name="sltnet-encode", daemon=True)
         self._thread.start()
 

@@ -3,7 +3,7 @@
 import argparse
 import functools
 import sys
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 from sltnet.errors import SltnetError
 
@@ -18,14 +18,14 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SltnetError(f"{self.prog}: {message} (see --help)")
 
 
-def console_entry(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[[Optional[Sequence[str]]], int]:
+def console_entry(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
     """Wrap a ``main(argv) -> status`` so that :class:`SltnetError` prints ``error: ...`` and exits 2.
 
     Anything else is a bug and keeps its traceback.
     """
 
     @functools.wraps(main)
-    def wrapped(argv: Optional[Sequence[str]] = None) -> int:
+    def wrapped(argv: Sequence[str] | None = None) -> int:
         try:
             return main(argv)
         except SltnetError as err:
@@ -36,4 +36,3 @@ def console_entry(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[[O
             return 130
 
     return wrapped
-

@@ -18,7 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Literal, NamedTuple, Optional, Tuple, Union
+from typing import Literal, NamedTuple
 
 import pydantic
 import torch
@@ -48,12 +48,12 @@ MEMORY_INPUT_TEMPLATE = "memory{slot}_{part}"
 ENTRY_OUTPUT_TEMPLATE = "entry_{part}"
 
 
-def slot_input_name(slot: Union[int, str], frame_output: str) -> str:
+def slot_input_name(slot: int | str, frame_output: str) -> str:
     """The temporal engine's input that window slot ``slot`` binds to frame-engine output ``frame_output``."""
     return SLOT_INPUT_TEMPLATE.format(slot=slot, output=frame_output)
 
 
-def memory_input_name(slot: Union[int, str], part: str) -> str:
+def memory_input_name(slot: int | str, part: str) -> str:
     """The temporal engine's input that memory slot ``slot`` binds to its ``part``."""
     return MEMORY_INPUT_TEMPLATE.format(slot=slot, part=part)
 
@@ -73,7 +73,7 @@ class TensorSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    shape: Tuple[int, ...]
+    shape: tuple[int, ...]
     dtype: Literal["float32", "float16", "uint8", "int8", "int32", "int64", "bool"]
 
     @property
@@ -94,7 +94,7 @@ Mode = Literal["sequential", "symmetric", "single_frame"]
 
 @dataclass(frozen=True)
 class Window:
-    """Which frames the window of a reference frame holds (docs/method.md#the-frame-window).
+    """Which frames the window of a reference frame holds (docs/method.md#frame-window).
 
     Sequential mode: N frames ending at the reference (answered at once); symmetric mode
     (``MODEL.SPATIOTEMPORAL.FORWARD_AGGREGATION``): 2N + 1 frames centred on it (answered N frames
@@ -134,7 +134,7 @@ class Window:
         """The manifest's mode of an SLTnet with this window."""
         return "symmetric" if self.symmetric else "sequential"
 
-    def indices(self, t: int, num_frames_in_video: int) -> List[int]:
+    def indices(self, t: int, num_frames_in_video: int) -> list[int]:
         """Frame indices of the window whose reference is frame ``t``, oldest first.
 
         Positions before the video repeat the first frame, positions after it repeat the last.
@@ -181,8 +181,8 @@ class Preprocessing(_Section):
     resize_max_size: int
     resize_mode: str
     network_channel_order: Literal["RGB", "BGR"]
-    pixel_mean: List[float]
-    pixel_std: List[float]
+    pixel_mean: list[float]
+    pixel_std: list[float]
     size_divisibility: int
 
 
@@ -190,14 +190,14 @@ class InputSection(_Section):
     """The frame engine's image input and the frame size the detections come out in."""
 
     tensor: str
-    shape: Tuple[int, int, int, int]
+    shape: tuple[int, int, int, int]
     dtype: Literal["uint8"]
     channel_order: Literal["RGB"]
-    resized_size: Tuple[int, int]
+    resized_size: tuple[int, int]
     preprocessing_in_frame_engine: Preprocessing
 
     @property
-    def size(self) -> Tuple[int, int]:
+    def size(self) -> tuple[int, int]:
         """(height, width) of the frames the engines take."""
         return self.shape[2], self.shape[3]
 
@@ -209,7 +209,7 @@ class WindowSection(_Section):
     latency_frames: int = Field(ge=0)
     padding: str
     slot_input: str
-    frame_outputs: List[str]
+    frame_outputs: list[str]
 
 
 class MemorySection(_Section):
@@ -238,17 +238,17 @@ class EngineSection(_Section):
     """One engine's files and its I/O tensors in the engine's order."""
 
     onnx: str
-    tensorrt: Optional[str] = None
-    inputs: List[TensorSpec]
-    outputs: List[TensorSpec]
+    tensorrt: str | None = None
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
 
-    def input_specs(self) -> Dict[str, TensorSpec]:
+    def input_specs(self) -> dict[str, TensorSpec]:
         return {spec.name: spec for spec in self.inputs}
 
-    def output_specs(self) -> Dict[str, TensorSpec]:
+    def output_specs(self) -> dict[str, TensorSpec]:
         return {spec.name: spec for spec in self.outputs}
 
-    def files(self) -> List[str]:
+    def files(self) -> list[str]:
         return [self.onnx] + ([self.tensorrt] if self.tensorrt else [])
 
 
@@ -256,7 +256,7 @@ class EnginesSection(_Section):
     frame: EngineSection
     temporal: EngineSection
 
-    def items(self) -> List[Tuple[str, EngineSection]]:
+    def items(self) -> list[tuple[str, EngineSection]]:
         return [(name, getattr(self, name)) for name in ENGINE_NAMES]
 
 
@@ -274,15 +274,15 @@ class TensorRTSection(_Section):
 
 class Manifest(_Section):
     """``manifest.json``: everything the runtime needs to drive the two engines
-    (docs/deployment.md#the-manifest), and the SHA-256 of every engine file so a loader refuses
+    (docs/deployment.md#manifest), and the SHA-256 of every engine file so a loader refuses
     files that changed after the export."""
 
     format: Literal["sltnet-engines"] = MANIFEST_FORMAT
     format_version: int = FORMAT_VERSION
     architecture: Literal["SLTnet", "GeneralizedRCNN"]
     mode: Mode
-    classes: List[str]
-    category_ids: List[int]
+    classes: list[str]
+    category_ids: list[int]
     input: InputSection
     window: WindowSection
     memory: MemorySection
@@ -290,10 +290,10 @@ class Manifest(_Section):
     detections: DetectionSection
     rpn: RpnSection
     engines: EnginesSection
-    files: Dict[str, FileEntry] = {}
-    tensorrt: Optional[TensorRTSection] = None
-    versions: Dict[str, Union[str, int]]
-    source: Dict[str, str]
+    files: dict[str, FileEntry] = {}
+    tensorrt: TensorRTSection | None = None
+    versions: dict[str, str | int]
+    source: dict[str, str]
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> "Manifest":
@@ -326,7 +326,7 @@ class Manifest(_Section):
     def to_json(self) -> str:
         return self.model_dump_json(indent=2, exclude_none=True) + "\n"
 
-    def write(self, directory: Union[str, Path]) -> Path:
+    def write(self, directory: str | Path) -> Path:
         """Checksum every engine file the manifest names and write ``directory/manifest.json`` atomically."""
         directory = Path(directory)
         names = [name for _, engine in self.engines.items() for name in engine.files()]
@@ -339,7 +339,7 @@ class Manifest(_Section):
         return path
 
     @classmethod
-    def parse(cls, text: str, path: Union[str, Path]) -> "Manifest":
+    def parse(cls, text: str, path: str | Path) -> "Manifest":
         """A manifest from its JSON text.
 
         Raises:
@@ -353,14 +353,16 @@ class Manifest(_Section):
         if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
             raise SltnetError(f"{path}: not an sltnet engine manifest")
         if data.get("format_version") != FORMAT_VERSION:
-            raise SltnetError(f"{path}: format_version {data.get('format_version')!r}, this sltnet reads {FORMAT_VERSION}")
+            raise SltnetError(
+                f"{path}: format_version {data.get('format_version')!r}, this sltnet reads {FORMAT_VERSION}"
+            )
         try:
             return cls.model_validate(data)
         except pydantic.ValidationError as err:
             raise SltnetError(f"{path}: {_first_error(err)}") from None
 
     @classmethod
-    def load(cls, directory: Union[str, Path]) -> "Manifest":
+    def load(cls, directory: str | Path) -> "Manifest":
         """Read ``directory/manifest.json`` and verify every engine file it lists.
 
         Raises:

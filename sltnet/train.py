@@ -11,7 +11,7 @@ Several (one per GPU, or gloo processes on a CPU)::
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from sltnet.cli import ArgumentParser, console_entry
 from sltnet.config import load_config
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @console_entry
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     cfg = load_config(args.config_file, args.opts)
     catalog = catalog_from_args(args, cfg.DATASETS.CATALOG)

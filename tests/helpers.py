@@ -6,8 +6,8 @@ and a threshold of 0.7 keeps a varying number of detections per frame; the atten
 projection is scaled up too, so the long-term memory visibly changes the scores.
 """
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -26,7 +26,7 @@ NUM_FRAMES = 8  # keyframes 0, 3, 6 with 2 memory slots: the memory fills and wr
 SCORE_TOLERANCE = 1e-4
 
 
-def make_weights(folder: Path) -> Dict[str, Path]:
+def make_weights(folder: Path) -> dict[str, Path]:
     """Random tiny SLTnet weights (and the single-frame part of them for the baseline) in ``folder``."""
     torch.manual_seed(0)
     model = build_model(load_config(TINY_SLTNET, ["MODEL.WEIGHTS", ""]))
@@ -52,7 +52,7 @@ def video(frame_size: Sequence[int], num_frames: int = NUM_FRAMES, seed: int = 0
     return frames
 
 
-def stream(detector, frames: torch.Tensor) -> List[tuple]:
+def stream(detector, frames: torch.Tensor) -> list[tuple]:
     """(result, frames pushed when it came out) for a whole video."""
     answered = []
     for pushed, frame in enumerate(frames, start=1):
@@ -60,7 +60,7 @@ def stream(detector, frames: torch.Tensor) -> List[tuple]:
     return answered + [(result, len(frames)) for result in detector.flush()]
 
 
-def assert_same_results(expected: List[tuple], actual: List[tuple], score_thresh: Optional[float] = None) -> None:
+def assert_same_results(expected: list[tuple], actual: list[tuple], score_thresh: float | None = None) -> None:
     """Same frames at the same time; every detection matched one to one (same class, box within
     1e-2 px, score within :data:`SCORE_TOLERANCE`), in any order among near-equal scores.
 
@@ -88,4 +88,3 @@ def assert_same_results(expected: List[tuple], actual: List[tuple], score_thresh
                 unmatched.remove(match)
         extra = [float(result.scores[j]) for j in unmatched]
         assert all(score < borderline for score in extra), f"frame {reference.frame_index}: unmatched {extra}"
-

@@ -1,4 +1,4 @@
-"""Tubelet RoI pooling and aggregation over the window (DESIGN A.4)."""
+"""Tubelet RoI pooling and aggregation over the window (docs/method.md#tubelet-features-and-aggregation)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Box geometry, its embedding and the relation attention (DESIGN A.5)."""
+"""Box geometry, its embedding and the relation attention (docs/method.md#long-term-self-guided-attention)."""
 
 import math
 
@@ -19,7 +19,7 @@ BOX_B = [10.0, 5.0, 29.0, 14.0]
 
 
 def hand_geometry(box, ref):
-    """DESIGN A.5's formula, written out with math for one pair."""
+    """the formula of docs/method.md#long-term-self-guided-attention, written out with math for one pair."""
     w, h = box[2] - box[0] + 1, box[3] - box[1] + 1
     w_r, h_r = ref[2] - ref[0] + 1, ref[3] - ref[1] + 1
     cx, cy = box[0] + w / 2, box[1] + h / 2
@@ -69,8 +69,7 @@ def test_relation_attention_matches_a_hand_computed_example():
     values = [[10.0, 0.0, 1.0], [0.0, 10.0, 2.0]]
     geometric = [0.5, 0.0]
     logits = [
-        math.log(g + 1e-6) + sum(q * k for q, k in zip(query, key)) / math.sqrt(2)
-        for g, key in zip(geometric, keys)
+        math.log(g + 1e-6) + sum(q * k for q, k in zip(query, key)) / math.sqrt(2) for g, key in zip(geometric, keys)
     ]
     weights = [math.exp(x) / sum(math.exp(y) for y in logits) for x in logits]
     expected = [sum(w * v[c] for w, v in zip(weights, values)) for c in range(3)]

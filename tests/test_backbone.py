@@ -1,4 +1,4 @@
-"""ResNet / ResNeXt bottom-up network and FPN (DESIGN A.1)."""
+"""ResNet / ResNeXt bottom-up network and FPN (docs/method.md#single-frame-baseline)."""
 
 import pytest
 import torch
@@ -187,7 +187,11 @@ def test_pretrained_errors(tmp_path):
     [
         ("DEPTH", 42, "MODEL.RESNETS.DEPTH: must be one of [18, 34, 50, 101, 152], got 42"),
         ("NORM", "BN", "MODEL.RESNETS.NORM: only 'FrozenBN' is supported, got 'BN'"),
-        ("RES2_OUT_CHANNELS", 256, "MODEL.RESNETS.RES2_OUT_CHANNELS: must be MODEL.RESNETS.STEM_OUT_CHANNELS (64) for depth 18, got 256"),
+        (
+            "RES2_OUT_CHANNELS",
+            256,
+            "MODEL.RESNETS.RES2_OUT_CHANNELS: must be MODEL.RESNETS.STEM_OUT_CHANNELS (64) for depth 18, got 256",
+        ),
         ("NUM_GROUPS", 32, "MODEL.RESNETS: depth 18 needs NUM_GROUPS 1 and WIDTH_PER_GROUP 64"),
         ("OUT_FEATURES", ["res2", "res3", "res4"], "MODEL.FPN.IN_FEATURES: ['res5'] not in MODEL.RESNETS.OUT_FEATURES"),
     ],

@@ -1,4 +1,4 @@
-"""The single-frame Faster R-CNN + FPN detector end to end (DESIGN A.1)."""
+"""The single-frame Faster R-CNN + FPN detector end to end (docs/method.md#single-frame-baseline)."""
 
 import pytest
 import torch

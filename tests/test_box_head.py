@@ -1,4 +1,4 @@
-"""Box head: RoI sampling, layers, losses and inference (DESIGN A.1)."""
+"""Box head: RoI sampling, layers, losses and inference (docs/method.md#single-frame-baseline)."""
 
 import math
 

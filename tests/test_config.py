@@ -1,8 +1,8 @@
 """Config loading: _BASE_ chains, overrides, type checks, error messages, saving, validation."""
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pytest
 
@@ -257,9 +257,7 @@ def test_unknown_section_in_file(tmp_path):
 def test_unknown_key_reports_the_file_that_has_it(tmp_path):
     base = write(tmp_path / "base.yaml", "SOLVER:\n  MAX_ITERS: 10\n")
     child = write(tmp_path / "child.yaml", "_BASE_: base.yaml\n")
-    assert load_error(child) == (
-        f"unknown config key SOLVER.MAX_ITERS in {base} (did you mean SOLVER.MAX_ITER?)"
-    )
+    assert load_error(child) == (f"unknown config key SOLVER.MAX_ITERS in {base} (did you mean SOLVER.MAX_ITER?)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,7 +376,8 @@ def test_save_config_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
         (["MODEL.RESNETS.DEPTH", "152"], "MODEL.RESNETS.DEPTH must be one of 18, 34, 50, 101, got 152"),
         (
             ["MODEL.RESNETS.DEPTH", "18"],
-            "MODEL.RESNETS.RES2_OUT_CHANNELS must equal MODEL.RESNETS.STEM_OUT_CHANNELS (64) for MODEL.RESNETS.DEPTH 18, got 256",
+            "MODEL.RESNETS.RES2_OUT_CHANNELS must equal MODEL.RESNETS.STEM_OUT_CHANNELS (64) "
+            "for MODEL.RESNETS.DEPTH 18, got 256",
         ),
         (
             ["MODEL.RESNETS.DEPTH", "34", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.RESNETS.NUM_GROUPS", "32"],

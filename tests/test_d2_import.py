@@ -4,7 +4,6 @@ import json
 import pickle
 from fractions import Fraction
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
@@ -166,16 +165,13 @@ BN = ("weight", "bias", "running_mean", "running_var")
 D2_PIXEL_MEAN = [103.530, 116.280, 123.675]  # detectron2's default, BGR
 
 
-pytestmark = pytest.mark.usefixtures("single_torch_thread")
-
-
 def write_configs(folder: Path, main: str, name: str = "sltnet.yaml") -> str:
     (folder / "Base-RCNN-FPN.yaml").write_text(D2_BASE_RCNN_FPN)
     (folder / name).write_text(main)
     return str(folder / name)
 
 
-def tiny_model(**overrides) -> Tuple[torch.nn.Module, object]:
+def tiny_model(**overrides) -> tuple[torch.nn.Module, object]:
     """The tiny synthetic SLTnet with random weights that give detections above 0.05."""
     options = ["MODEL.WEIGHTS", ""] + [item for pair in overrides.items() for item in pair]
     cfg = load_config(TINY_SLTNET, options)
@@ -187,12 +183,12 @@ def tiny_model(**overrides) -> Tuple[torch.nn.Module, object]:
     return model, cfg
 
 
-def frames(count: int = 4, size: Tuple[int, int] = (128, 128)) -> torch.Tensor:
+def frames(count: int = 4, size: tuple[int, int] = (128, 128)) -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
     return torch.randint(0, 256, (count, 3, *size), dtype=torch.uint8, generator=generator)
 
 
-def stream(detector: StreamingDetector, video: torch.Tensor) -> List[Tuple[torch.Tensor, ...]]:
+def stream(detector: StreamingDetector, video: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
     results = []
     with torch.no_grad():
         for frame in video:
@@ -201,19 +197,19 @@ def stream(detector: StreamingDetector, video: torch.Tensor) -> List[Tuple[torch
     return [(r.boxes, r.scores, r.classes) for r in results]
 
 
-def assert_same_detections(expected: List[Tuple[torch.Tensor, ...]], actual: List[Tuple[torch.Tensor, ...]]) -> None:
+def assert_same_detections(expected: list[tuple[torch.Tensor, ...]], actual: list[tuple[torch.Tensor, ...]]) -> None:
     assert sum(len(scores) for _, scores, _ in expected) > 0
     assert len(actual) == len(expected)
     for mine, theirs in zip(expected, actual, strict=True):
         assert all(torch.equal(a, b) for a, b in zip(mine, theirs, strict=True))
 
 
-def save_d2_checkpoint(path: Path, state: Dict[str, torch.Tensor]) -> None:
+def save_d2_checkpoint(path: Path, state: dict[str, torch.Tensor]) -> None:
     """A detectron2 ``model_final.pth``: the model plus training entries."""
     torch.save({"model": state, "iteration": 89999, "optimizer": {"state": {}, "param_groups": []}}, path)
 
 
-def convert(argv: List[str], capsys) -> Tuple[int, str, str]:
+def convert(argv: list[str], capsys) -> tuple[int, str, str]:
     status = convert_main(["d2-checkpoint", *argv])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
@@ -264,11 +260,11 @@ def test_detectron2_names_of_the_two_st_heads():
     assert common <= attention_names and common <= plain_names
 
 
-def detectron2_r50_fpn_sltnet_state(num_classes: int = 30) -> Dict[str, torch.Tensor]:
+def detectron2_r50_fpn_sltnet_state(num_classes: int = 30) -> dict[str, torch.Tensor]:
     """Every state-dict entry detectron2 gives an R50-FPN Faster R-CNN, plus the original SLTnet's
     attention head and classifier, written from detectron2's layer naming. Weights are meta tensors
     (shapes only); the input statistics and the anchors of old checkpoints are real entries."""
-    shapes: Dict[str, Tuple[int, ...]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
 
     def conv_with_norm(name: str, out_channels: int, in_channels: int, kernel: int) -> None:
         shapes[f"{name}.weight"] = (out_channels, in_channels, kernel, kernel)
@@ -361,8 +357,13 @@ def tiny_d2(tmp_path_factory):
     model, cfg = tiny_model()
     d2_state, _ = sltnet_to_d2(model.state_dict())
     save_d2_checkpoint(folder / "model_final.pth", d2_state)
-    return {"model": model, "cfg": cfg, "d2_state": d2_state, "checkpoint": folder / "model_final.pth",
-            "config": write_configs(folder, D2_SLTNET_TINY)}
+    return {
+        "model": model,
+        "cfg": cfg,
+        "d2_state": d2_state,
+        "checkpoint": folder / "model_final.pth",
+        "config": write_configs(folder, D2_SLTNET_TINY),
+    }
 
 
 def test_pkl_model_zoo_file_reads_as_tensors(tmp_path, tiny_d2):
@@ -395,8 +396,10 @@ def test_pth_with_python_objects_loads_only_with_allow_pickle(tmp_path, tiny_d2,
     status, _, err = convert([str(path), str(tmp_path / "out.pt")], capsys)
     assert status == 2
     assert err.splitlines() == [
-        (f"error: {path}: holds Python objects other than tensors and arrays (fractions.Fraction); "
-         "if the file comes from a source you trust, pass --allow-pickle")
+        (
+            f"error: {path}: holds Python objects other than tensors and arrays (fractions.Fraction); "
+            "if the file comes from a source you trust, pass --allow-pickle"
+        )
     ]
     assert not (tmp_path / "out.pt").exists()
     status, _, _ = convert([str(path), str(tmp_path / "out.pt"), "--allow-pickle"], capsys)
@@ -420,8 +423,11 @@ def test_caffe2_model_zoo_names_are_refused(tmp_path):
 
 
 def test_checkpoint_with_module_prefix_and_old_frozen_bn(tmp_path, tiny_d2, capsys):
-    state = {f"module.{name}": tensor for name, tensor in tiny_d2["d2_state"].items()
-             if not name.startswith("backbone.bottom_up.stem.conv1.norm.running_")}
+    state = {
+        f"module.{name}": tensor
+        for name, tensor in tiny_d2["d2_state"].items()
+        if not name.startswith("backbone.bottom_up.stem.conv1.norm.running_")
+    }
     save_d2_checkpoint(tmp_path / "model_final.pth", state)
     argv = [str(tmp_path / "model_final.pth"), str(tmp_path / "w.pt"), "--sltnet-config", TINY_SLTNET]
     status, out, err = convert(argv, capsys)
@@ -461,8 +467,10 @@ def test_no_strict_writes_what_fits_and_warns_about_the_rest(tmp_path, tiny_d2, 
     status, _, err = convert(argv, capsys)
     assert status == 0
     assert err.splitlines() == [
-        (f"warning: {tmp_path / 'bad.pth'}: 1 problem, left out: roi_heads.box_predictor.cls_score.weight: "
-         "shape (6, 64) in the checkpoint, (5, 64) in the model")
+        (
+            f"warning: {tmp_path / 'bad.pth'}: 1 problem, left out: roi_heads.box_predictor.cls_score.weight: "
+            "shape (6, 64) in the checkpoint, (5, 64) in the model"
+        )
     ]
     weights = torch.load(tmp_path / "out.pt", weights_only=True)["model"]
     assert "roi_heads.box_predictor.cls_score.weight" not in weights
@@ -474,8 +482,10 @@ def test_names_only_check_without_a_config(tmp_path, tiny_d2, capsys):
     save_d2_checkpoint(tmp_path / "extra.pth", state)
     status, _, err = convert([str(tmp_path / "extra.pth"), str(tmp_path / "out.pt")], capsys)
     assert status == 2
-    assert err.strip().endswith("1 problem (nothing written; --no-strict writes the rest): "
-                                "unmapped detectron2 key roi_heads.keypoint_head.x.weight")
+    assert err.strip().endswith(
+        "1 problem (nothing written; --no-strict writes the rest): "
+        "unmapped detectron2 key roi_heads.keypoint_head.x.weight"
+    )
     status, out, _ = convert([str(tiny_d2["checkpoint"]), str(tmp_path / "out.pt")], capsys)
     assert status == 0
     assert out.splitlines() == [
@@ -488,8 +498,10 @@ def test_names_only_check_without_a_config(tmp_path, tiny_d2, capsys):
     "argv, message",
     [
         (["missing.pth", "out.pt"], "missing.pth: checkpoint not found"),
-        (["model_final.pth", "out.pt", "--config-out", "c.yaml"],
-         "--config-out needs --config-file or --sltnet-config"),
+        (
+            ["model_final.pth", "out.pt", "--config-out", "c.yaml"],
+            "--config-out needs --config-file or --sltnet-config",
+        ),
         (["model_final.pth", "."], "OUT .: is a folder, expected a file name"),
     ],
 )
@@ -512,8 +524,11 @@ def test_original_config_loads_translated_with_one_warning(tmp_path):
     message = str(caught[0].message)
     assert message.startswith(f"{tmp_path / 'sltnet.yaml'}: ignored 5 config keys this implementation does not have: ")
     assert set(message.split(": ")[-1].split(", ")) == {
-        "MODEL.ROI_MASK_HEAD.NAME", "MODEL.ROI_MASK_HEAD.NUM_CONV", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION",
-        "MODEL.SPATIOTEMPORAL.ROI_BOX_HEAD.RDN_RATIO", "DATALOADER.TRAIN_SUBSAMPLING",
+        "MODEL.ROI_MASK_HEAD.NAME",
+        "MODEL.ROI_MASK_HEAD.NUM_CONV",
+        "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION",
+        "MODEL.SPATIOTEMPORAL.ROI_BOX_HEAD.RDN_RATIO",
+        "DATALOADER.TRAIN_SUBSAMPLING",
     }
     st = cfg.MODEL.SPATIOTEMPORAL
     assert cfg.MODEL.META_ARCHITECTURE == "SLTnet" and st.LONG_TERM and st.AGGREGATION == "max" and st.DOUBLE_HEAD
@@ -523,7 +538,10 @@ def test_original_config_loads_translated_with_one_warning(tmp_path):
     # Keys the files leave out take detectron2's default, not this project's.
     assert cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO == 0
     assert (cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, cfg.INPUT.FORMAT) == (
-        [103.530, 116.280, 123.675], [1.0, 1.0, 1.0], "BGR")
+        [103.530, 116.280, 123.675],
+        [1.0, 1.0, 1.0],
+        "BGR",
+    )
 
 
 MINIMAL_FPN = """
@@ -542,7 +560,10 @@ def test_detectron2_defaults_fill_what_a_file_leaves_out(tmp_path):
     cfg = load_detectron2_config(str(path))
     assert (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, cfg.INPUT.MIN_SIZE_TRAIN) == (800, 1333, (800,))
     assert (cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.RPN.PRE_NMS_TOPK_TEST, cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN) == (
-        80, 6000, 2000)
+        80,
+        6000,
+        2000,
+    )
     assert cfg.MODEL.ANCHOR_GENERATOR.SIZES == [[32, 64, 128, 256, 512]]
     assert (cfg.MODEL.SPATIOTEMPORAL.NUM_FRAMES, cfg.MODEL.SPATIOTEMPORAL.LONG_TERM) == (1, False)
     # detectron2's ResNet default feeds the C4 head only.
@@ -555,8 +576,11 @@ def test_detectron2_defaults_fill_what_a_file_leaves_out(tmp_path):
 
 
 def test_original_default_st_head_is_the_plain_head_and_adaptive_aggregation_translates(tmp_path):
-    text = D2_SLTNET_R50.replace('NAME: "AttentionFCHead"', 'NAME: "FastRCNNConvFCHead"').replace(
-        "MaxPoolAggregationHead", "AdaptiveWeightAggregationHead").replace("SPATIAL_CLS: True", "SPATIAL_CLS: False")
+    text = (
+        D2_SLTNET_R50.replace('NAME: "AttentionFCHead"', 'NAME: "FastRCNNConvFCHead"')
+        .replace("MaxPoolAggregationHead", "AdaptiveWeightAggregationHead")
+        .replace("SPATIAL_CLS: True", "SPATIAL_CLS: False")
+    )
     with pytest.warns(ConfigWarning):
         cfg = load_detectron2_config(write_configs(tmp_path, text))
     st = cfg.MODEL.SPATIOTEMPORAL
@@ -567,16 +591,32 @@ def test_original_default_st_head_is_the_plain_head_and_adaptive_aggregation_tra
     "old, new, message",
     [
         ("MASK_ON: False", "MASK_ON: True", "sltnet.yaml: MODEL.MASK_ON True is not supported (supported: False)"),
-        ("ADVANCED_STAGE: 0", "ADVANCED_STAGE: 1",
-         "sltnet.yaml: MODEL.SPATIOTEMPORAL.ROI_BOX_HEAD.ATTENTION.ADVANCED_STAGE 1 is not supported (supported: 0)"),
-        ("LONG_TERM: True", "LONG_TERM: False",
-         ("sltnet.yaml: MODEL.SPATIOTEMPORAL.ROI_BOX_HEAD.NAME AttentionFCHead without MODEL.SPATIOTEMPORAL.LONG_TERM "
-          "true (attention to the current frame only) is not supported")),
-        ("RANDOM_FLIP: True", "RANDOM_FLIP: vertical",
-         "sltnet.yaml: INPUT.RANDOM_FLIP 'vertical' is not supported (supported: True, False, 'horizontal', 'none')"),
-        ("GeneralizedST_RCNN", "RetinaNet",
-         ("sltnet.yaml: MODEL.META_ARCHITECTURE 'RetinaNet' is not supported (supported: 'GeneralizedRCNN', "
-          "'GeneralizedST_RCNN')")),
+        (
+            "ADVANCED_STAGE: 0",
+            "ADVANCED_STAGE: 1",
+            "sltnet.yaml: MODEL.SPATIOTEMPORAL.ROI_BOX_HEAD.ATTENTION.ADVANCED_STAGE 1 is not supported (supported: 0)",
+        ),
+        (
+            "LONG_TERM: True",
+            "LONG_TERM: False",
+            (
+                "sltnet.yaml: MODEL.SPATIOTEMPORAL.ROI_BOX_HEAD.NAME AttentionFCHead without "
+                "MODEL.SPATIOTEMPORAL.LONG_TERM true (attention to the current frame only) is not supported"
+            ),
+        ),
+        (
+            "RANDOM_FLIP: True",
+            "RANDOM_FLIP: vertical",
+            "sltnet.yaml: INPUT.RANDOM_FLIP 'vertical' is not supported (supported: True, False, 'horizontal', 'none')",
+        ),
+        (
+            "GeneralizedST_RCNN",
+            "RetinaNet",
+            (
+                "sltnet.yaml: MODEL.META_ARCHITECTURE 'RetinaNet' is not supported (supported: 'GeneralizedRCNN', "
+                "'GeneralizedST_RCNN')"
+            ),
+        ),
     ],
 )
 def test_values_describing_another_model_are_refused(tmp_path, old, new, message):
@@ -644,7 +684,7 @@ def smooth_image(height: int, width: int) -> torch.Tensor:
     return torch.from_numpy(np.clip(np.stack(channels), 0, 255).round().astype(np.uint8))
 
 
-def pil_resize(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+def pil_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """detectron2's uint8 resize: PIL bilinear, back to uint8."""
     pil = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((size[1], size[0]), Image.BILINEAR)
     return torch.from_numpy(np.array(pil)).permute(2, 0, 1).float()
@@ -683,13 +723,17 @@ def test_padding_is_zero_after_normalisation_to_a_multiple_of_32():
 
 def test_original_checkpoint_to_onnx_export_end_to_end(tmp_path, tiny_d2, capsys):
     weights, config = tmp_path / "sltnet_weights.pt", tmp_path / "sltnet.yaml"
-    status, out, err = convert([str(tiny_d2["checkpoint"]), str(weights), "--config-file", tiny_d2["config"],
-                                "--config-out", str(config)], capsys)
+    status, out, err = convert(
+        [str(tiny_d2["checkpoint"]), str(weights), "--config-file", tiny_d2["config"], "--config-out", str(config)],
+        capsys,
+    )
     assert status == 0, err
     assert err.splitlines() == [
-        (f"warning: {tiny_d2['config']}: ignored 4 config keys this implementation does not have: "
-         "MODEL.ROI_MASK_HEAD.NAME, MODEL.ROI_MASK_HEAD.NUM_CONV, MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION, "
-         "SOLVER.LR_SCHEDULER_NAME")
+        (
+            f"warning: {tiny_d2['config']}: ignored 4 config keys this implementation does not have: "
+            "MODEL.ROI_MASK_HEAD.NAME, MODEL.ROI_MASK_HEAD.NUM_CONV, MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION, "
+            "SOLVER.LR_SCHEDULER_NAME"
+        )
     ]
     assert out.splitlines() == [
         f"wrote {weights}: 152 tensors (ResNet-18, 4 classes, ST head with attention (2 stages))",
@@ -710,9 +754,26 @@ def test_original_checkpoint_to_onnx_export_end_to_end(tmp_path, tiny_d2, capsys
     assert_same_detections(expected, actual)
 
     engines = tmp_path / "engines"
-    assert export_main(["--config-file", str(config), "--out", str(engines), "--format", "onnx",
-                        "--input-size", "128", "128", "--class-names", "a,b,c,d",
-                        "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", "2"]) == 0
+    assert (
+        export_main(
+            [
+                "--config-file",
+                str(config),
+                "--out",
+                str(engines),
+                "--format",
+                "onnx",
+                "--input-size",
+                "128",
+                "128",
+                "--class-names",
+                "a,b,c,d",
+                "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert {"frame.onnx", "temporal.onnx", "manifest.json"} <= {p.name for p in engines.iterdir()}
 
     # Last step of the README's path: sltnet-run over the exported engines, here on a folder of frames.
@@ -721,8 +782,21 @@ def test_original_checkpoint_to_onnx_export_end_to_end(tmp_path, tiny_d2, capsys
     for index, frame in enumerate(video):
         Image.fromarray(frame.permute(1, 2, 0).numpy()).save(folder / f"{index:06d}.png")
     detections = tmp_path / "detections.json"
-    assert run_main([str(folder), "--engine", str(engines), "--backend", "onnxruntime", "--json", str(detections),
-                     "--no-progress"]) == 0
+    assert (
+        run_main(
+            [
+                str(folder),
+                "--engine",
+                str(engines),
+                "--backend",
+                "onnxruntime",
+                "--json",
+                str(detections),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     results = json.loads(detections.read_text())
     per_frame = [[r for r in results if r["frame_index"] == index] for index in range(len(video))]
     for (boxes, scores, _), found in zip(actual, per_frame, strict=True):

@@ -16,20 +16,40 @@ from sltnet.tools.eval import main
 # Two videos of 3 frames; a static cat (slow), a dog moving 30 px a frame (fast).
 GROUND_TRUTH = {
     "images": [
-        {"id": 1 + 3 * v + t, "file_name": f"v{v}/{t:06d}.JPEG", "width": 320, "height": 240,
-         "video": f"v{v}", "frame_number": t}
+        {
+            "id": 1 + 3 * v + t,
+            "file_name": f"v{v}/{t:06d}.JPEG",
+            "width": 320,
+            "height": 240,
+            "video": f"v{v}",
+            "frame_number": t,
+        }
         for v in range(2)
         for t in range(3)
     ],
     "annotations": [
-        {"id": 1 + 6 * v + 2 * t, "image_id": 1 + 3 * v + t, "category_id": 7, "bbox": [10, 10, 60, 40],
-         "id_track": 0, "area": 2400, "iscrowd": 0}
+        {
+            "id": 1 + 6 * v + 2 * t,
+            "image_id": 1 + 3 * v + t,
+            "category_id": 7,
+            "bbox": [10, 10, 60, 40],
+            "id_track": 0,
+            "area": 2400,
+            "iscrowd": 0,
+        }
         for v in range(2)
         for t in range(3)
     ]
     + [
-        {"id": 2 + 6 * v + 2 * t, "image_id": 1 + 3 * v + t, "category_id": 9, "bbox": [100 + 30 * t, 100, 50, 50],
-         "id_track": 1, "area": 2500, "iscrowd": 0}
+        {
+            "id": 2 + 6 * v + 2 * t,
+            "image_id": 1 + 3 * v + t,
+            "category_id": 9,
+            "bbox": [100 + 30 * t, 100, 50, 50],
+            "id_track": 1,
+            "area": 2500,
+            "iscrowd": 0,
+        }
         for v in range(2)
         for t in range(3)
     ],
@@ -128,11 +148,25 @@ def test_runs_a_model_over_a_dataset_and_scores_it(tmp_path, capsys):
     torch.save({"model": build_model(cfg).state_dict()}, weights)
     detections = tmp_path / "dets.json"
     metrics = tmp_path / "metrics.json"
-    status = main([
-        "--config-file", "configs/synthetic/tiny_baseline.yaml", "--weights", str(weights),
-        "--gt", str(summary.json_path), "--image-root", str(tmp_path / "clip"), "--no-progress",
-        "--detections-out", str(detections), "--output", str(metrics), "--score-thresh", "0.0",
-    ])
+    status = main(
+        [
+            "--config-file",
+            "configs/synthetic/tiny_baseline.yaml",
+            "--weights",
+            str(weights),
+            "--gt",
+            str(summary.json_path),
+            "--image-root",
+            str(tmp_path / "clip"),
+            "--no-progress",
+            "--detections-out",
+            str(detections),
+            "--output",
+            str(metrics),
+            "--score-thresh",
+            "0.0",
+        ]
+    )
     assert status == 0
     results = json.loads(detections.read_text())
     image_ids = {image["id"] for image in json.loads(Path(summary.json_path).read_text())["images"]}

@@ -1,8 +1,8 @@
-"""Evaluation metrics (DESIGN C.3): VID mAP@0.5, its motion breakdown, COCO AP, detection files."""
+"""Evaluation metrics (docs/metrics.md#the-metrics): VID mAP@0.5, its motion breakdown, COCO AP, detection files."""
 
 import json
 import time
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -17,15 +17,15 @@ CATEGORY_IDS = [10, 20, 30]
 CLASS_NAMES = ["cat", "dog", "fox"]
 
 # One ground-truth box: (video, frame_number, class, track id, (x1, y1, x2, y2)).
-Box = Tuple[str, int, int, int, Sequence[float]]
+Box = tuple[str, int, int, int, Sequence[float]]
 
 
-def make_dataset(frames: Sequence[Tuple[str, int]], boxes: Sequence[Box]) -> StCocoDataset:
+def make_dataset(frames: Sequence[tuple[str, int]], boxes: Sequence[Box]) -> StCocoDataset:
     """A dataset with the given (video, frame_number) frames in order; image ids are 1, 2, ..."""
-    boxes_of_frame: Dict[Tuple[str, int], List[Box]] = {}
+    boxes_of_frame: dict[tuple[str, int], list[Box]] = {}
     for box in boxes:
         boxes_of_frame.setdefault((box[0], box[1]), []).append(box)
-    videos: List[VideoRecord] = []
+    videos: list[VideoRecord] = []
     for image_id, (video, frame_number) in enumerate(frames, start=1):
         mine = boxes_of_frame.get((video, frame_number), [])
         frame = FrameRecord(
@@ -46,11 +46,11 @@ def make_dataset(frames: Sequence[Tuple[str, int]], boxes: Sequence[Box]) -> StC
     return StCocoDataset("gt.json", ".", list(CLASS_NAMES), list(CATEGORY_IDS), videos)
 
 
-def image_id_of(dataset: StCocoDataset) -> Dict[Tuple[str, int], int]:
+def image_id_of(dataset: StCocoDataset) -> dict[tuple[str, int], int]:
     return {(f.video, f.frame_number): f.image_id for f in dataset.frames()}
 
 
-def make_detections(dataset: StCocoDataset, rows: Sequence[Tuple[str, int, int, float, Sequence[float]]]) -> Detections:
+def make_detections(dataset: StCocoDataset, rows: Sequence[tuple[str, int, int, float, Sequence[float]]]) -> Detections:
     """Detections from rows (video, frame_number, class, score, (x1, y1, x2, y2))."""
     ids = image_id_of(dataset)
     return Detections(
@@ -61,11 +61,11 @@ def make_detections(dataset: StCocoDataset, rows: Sequence[Tuple[str, int, int, 
     )
 
 
-def shifted(box: Sequence[float], dx: float) -> List[float]:
+def shifted(box: Sequence[float], dx: float) -> list[float]:
     return [box[0] + dx, box[1], box[2] + dx, box[3]]
 
 
-def ground_truth_as_results(dataset: StCocoDataset) -> List[dict]:
+def ground_truth_as_results(dataset: StCocoDataset) -> list[dict]:
     """The dataset's boxes in COCO results format, score 1."""
     return [
         {
@@ -85,7 +85,7 @@ def ground_truth_as_results(dataset: StCocoDataset) -> List[dict]:
 
 def test_ground_truth_as_detections_scores_one_everywhere():
     frames = [("a", t) for t in range(13)] + [("b", 0)]
-    boxes: List[Box] = []
+    boxes: list[Box] = []
     for t in range(13):
         boxes.append(("a", t, 0, 0, [100, 100, 200, 200]))  # static: slow
         boxes.append(("a", t, 1, 1, shifted([300, 50, 350, 100], 15 * t)))  # 15 px/frame on 50 px: fast
@@ -218,7 +218,7 @@ def test_average_precision_interpolates_precision():
 def test_motion_iou_of_hand_made_tracks():
     box = [0, 0, 10, 10]
     frames = [("a", 0), ("a", 1), ("a", 2), ("a", 10), ("a", 15), ("b", 0), ("b", 1)]
-    boxes: List[Box] = [
+    boxes: list[Box] = [
         ("a", 0, 0, 0, box),
         ("a", 0, 1, 1, [100, 0, 110, 10]),
         ("a", 1, 0, 0, shifted(box, 1)),
@@ -251,7 +251,7 @@ DOG_BOXES = [[400, 300, 450, 350], [440, 300, 490, 350]]
 
 
 def two_speed_dataset() -> StCocoDataset:
-    boxes: List[Box] = [("v", t, 0, 0, SLOW_BOX) for t in (0, 1)]
+    boxes: list[Box] = [("v", t, 0, 0, SLOW_BOX) for t in (0, 1)]
     boxes += [("v", t, 0, 1, FAST_BOXES[t]) for t in (0, 1)]
     boxes += [("v", t, 1, 2, DOG_BOXES[t]) for t in (0, 1)]
     return make_dataset([("v", 0), ("v", 1), ("v", 2)], boxes)
@@ -432,9 +432,16 @@ def test_subset_map_ignores_boxes_outside_the_subset():
     from sltnet.evaluation.report import subset_map
 
     frame = FrameRecord(
-        image_id=1, file_name="a.jpg", video="v", frame_number=0, width=100, height=100,
-        boxes=np.array([[0, 0, 20, 20], [50, 50, 90, 90]], np.float32), classes=np.array([0, 0]),
-        track_ids=np.array([0, 1]), annotation_ids=np.array([1, 2]),
+        image_id=1,
+        file_name="a.jpg",
+        video="v",
+        frame_number=0,
+        width=100,
+        height=100,
+        boxes=np.array([[0, 0, 20, 20], [50, 50, 90, 90]], np.float32),
+        classes=np.array([0, 0]),
+        track_ids=np.array([0, 1]),
+        annotation_ids=np.array([1, 2]),
     )
     dataset = StCocoDataset("gt.json", ".", ["a"], [1], [VideoRecord("v", [frame])])
     only_second = Detections(np.array([1]), np.array([[50, 50, 90, 90]], np.float64), np.array([0.9]), np.array([0]))

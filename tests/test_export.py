@@ -1,15 +1,15 @@
-"""Export (DESIGN B): frame and temporal engines in ONNX, their parity with PyTorch streaming inference,
-the static TensorRT check, the manifest and the sltnet-export command line.
+"""Export (docs/deployment.md#the-deployment-split): frame and temporal engines in ONNX, their parity with
+PyTorch streaming inference, the static TensorRT check, the manifest and the sltnet-export command line.
 
 The tiny configs, the test video and the random weights are in ``helpers``.
 """
 
 import hashlib
-import importlib.util
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Sequence
+from typing import NamedTuple
 
 import onnx
 import pytest
@@ -17,19 +17,7 @@ import torch
 from onnx import TensorProto, helper
 from torchvision.models.detection._utils import BoxCoder
 
-from helpers import (
-    BASELINE_SCORE_THRESH,
-    CLASS_NAMES,
-    SCORE_THRESH,
-    SYMMETRIC_N,
-    TINY_BASELINE,
-    TINY_SLTNET,
-    assert_same_results,
-    make_weights,
-    stream,
-    video,
-)
-
+from benchmarks import export_parity
 from export.cli import main
 from export.trt_check import check_model, default_ops_table, load_ops_table
 from runtime.detector import StreamingRuntime
@@ -54,6 +42,19 @@ from sltnet.modeling.streaming import StreamingDetector
 from sltnet.modeling.tubelets import link_tubelets
 from sltnet.tools.synth import main as synth_main
 
+from helpers import (
+    BASELINE_SCORE_THRESH,
+    CLASS_NAMES,
+    SCORE_THRESH,
+    SYMMETRIC_N,
+    TINY_BASELINE,
+    TINY_SLTNET,
+    assert_same_results,
+    make_weights,
+    stream,
+    video,
+)
+
 
 def manifest_json(folder: Path) -> dict:
     """The manifest file of an export as JSON, once :meth:`Manifest.load` has accepted it."""
@@ -66,7 +67,7 @@ class Export(NamedTuple):
 
     out: Path
     config: str
-    overrides: List[str]
+    overrides: list[str]
     frame_size: tuple
 
     @property
@@ -75,7 +76,7 @@ class Export(NamedTuple):
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Dict[str, Path]:
+def weights(tmp_path_factory) -> dict[str, Path]:
     return make_weights(tmp_path_factory.mktemp("weights"))
 
 
@@ -151,10 +152,19 @@ def baseline(tmp_path_factory, weights) -> Export:
     )
 
 
-def baseline_export_argv(weights: Dict[str, Path], out: Path, *extra: str) -> List[str]:
+def baseline_export_argv(weights: dict[str, Path], out: Path, *extra: str) -> list[str]:
     """``sltnet-export`` arguments for the tiny baseline into ``out``, plus ``extra``."""
-    return ["--config-file", TINY_BASELINE, "--weights", str(weights["baseline"]), "--out", str(out),
-            "--class-names", CLASS_NAMES, *extra]
+    return [
+        "--config-file",
+        TINY_BASELINE,
+        "--weights",
+        str(weights["baseline"]),
+        "--out",
+        str(out),
+        "--class-names",
+        CLASS_NAMES,
+        *extra,
+    ]
 
 
 @pytest.fixture(params=["sequential", "symmetric", "baseline"])
@@ -355,7 +365,6 @@ def test_fixed_size_tubelets_and_pooling_equal_the_model():
     assert (fixed.boxes[:, num_tubelets:] == 0).all()
 
 
-
 def test_one_roi_align_over_the_level_mosaic_equals_multi_level_pooling():
     generator = torch.Generator().manual_seed(3)
     pooler = MultiLevelRoIAlign(7, [1 / 4, 1 / 8, 1 / 16], sampling_ratio=2)
@@ -365,8 +374,16 @@ def test_one_roi_align_over_the_level_mosaic_equals_multi_level_pooling():
     assert mosaic.shape == (1, 8, 26, 34 + 18 + 10) == (1, 8, *layout.size)
     boxes = random_boxes(generator, [80], 90) * torch.linspace(0.2, 3, 80)[:, None]  # every level
     # Boxes on every image border and the whole image: sampling reaches each level's edge.
-    edges = torch.tensor([[0.0, 0.0, 128.0, 96.0], [0.0, 0.0, 9.0, 7.0], [119.0, 89.0, 128.0, 96.0],
-                          [0.0, 60.0, 128.0, 96.0], [100.0, 0.0, 128.0, 96.0], [0.0, 0.0, 60.0, 60.0]])  # fmt: skip
+    edges = torch.tensor(
+        [
+            [0.0, 0.0, 128.0, 96.0],
+            [0.0, 0.0, 9.0, 7.0],
+            [119.0, 89.0, 128.0, 96.0],
+            [0.0, 60.0, 128.0, 96.0],
+            [100.0, 0.0, 128.0, 96.0],
+            [0.0, 0.0, 60.0, 60.0],
+        ]
+    )
     boxes = torch.cat([boxes.clamp(min=0, max=96), edges])
     expected = pooler(features, [boxes])
     torch.testing.assert_close(pool_mosaic(pooler, mosaic, layout, boxes), expected, rtol=1e-4, atol=1e-5)
@@ -388,7 +405,7 @@ def test_static_trt_check_passes_on_both_graphs(exported):
         assert check_model(exported.out / engine["onnx"], table) == []
 
 
-def float_input(name: str, shape: List[int]) -> onnx.ValueInfoProto:
+def float_input(name: str, shape: list[int]) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
@@ -606,10 +623,7 @@ def test_export_parity_script_prints_both_maps_and_the_same_count_share(tmp_path
         == 0
     )
     monkeypatch.setenv("SLTNET_DATA", str(data))
-    spec = importlib.util.spec_from_file_location("export_parity", Path("benchmarks/export_parity.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    status = script.main(
+    status = export_parity.main(
         [
             "--engine",
             str(symmetric.out),
@@ -633,10 +647,7 @@ def test_export_parity_script_prints_both_maps_and_the_same_count_share(tmp_path
 
 
 def test_export_parity_script_refuses_a_different_threshold(tmp_path, symmetric, capsys):
-    spec = importlib.util.spec_from_file_location("export_parity", Path("benchmarks/export_parity.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    status = script.main(
+    status = export_parity.main(
         [
             "--engine",
             str(symmetric.out),

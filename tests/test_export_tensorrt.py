@@ -3,12 +3,13 @@
 
 import pytest
 import torch
-from helpers import CLASS_NAMES, SCORE_THRESH, TINY_SLTNET, make_weights, stream, video
 
 from export.cli import main
 from runtime.detector import StreamingRuntime
 from runtime.engines import onnxruntime_backend, tensorrt_backend, tensorrt_unavailable
 from sltnet.contract import Manifest
+
+from helpers import CLASS_NAMES, SCORE_THRESH, TINY_SLTNET, make_weights, stream, video
 
 pytest.importorskip("tensorrt")
 pytestmark = pytest.mark.skipif(tensorrt_unavailable() is not None, reason=f"{tensorrt_unavailable()}")

@@ -2,12 +2,18 @@
 accounting (stages add up to no more than the frame's wall time), latency/delay bookkeeping,
 the ratios and checks, and the one-line errors. No speed is asserted: targets are benchmarks."""
 
-import importlib.util
 import json
 from contextlib import nullcontext
-from pathlib import Path
 
 import pytest
+
+from benchmarks import fps
+from export.cli import main as export_main
+from runtime.detector import TIMED_STAGES, StreamingRuntime
+from runtime.engines import open_backend
+from sltnet.contract import Manifest
+from sltnet.data.synthetic.writing import write_mp4
+
 from helpers import (
     BASELINE_SCORE_THRESH,
     CLASS_NAMES,
@@ -17,19 +23,6 @@ from helpers import (
     make_weights,
     video,
 )
-
-from export.cli import main as export_main
-from runtime.detector import TIMED_STAGES, StreamingRuntime
-from runtime.engines import open_backend
-from sltnet.contract import Manifest
-from sltnet.data.synthetic.writing import write_mp4
-
-spec = importlib.util.spec_from_file_location("fps", Path("benchmarks/fps.py"))
-fps = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(fps)
-
-
-pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +72,11 @@ def test_report_json_and_markdown(exports, tmp_path, capsys):
 
     rows = report["rows"]
     assert [(row["target"], row["backend"]) for row in rows] == [
-        ("tiny_sequential", "onnxruntime"), ("tiny_sequential", "eager"),
-        ("tiny_baseline", "onnxruntime"), ("tiny_baseline", "eager"),
-    ]  # fmt: skip
+        ("tiny_sequential", "onnxruntime"),
+        ("tiny_sequential", "eager"),
+        ("tiny_baseline", "onnxruntime"),
+        ("tiny_baseline", "eager"),
+    ]
     for row in rows:
         assert row["frames"] == 4 and row["delay_frames"] == 0
         assert row["fps"] == pytest.approx(1e3 / row["per_frame_ms"])
@@ -97,9 +92,11 @@ def test_report_json_and_markdown(exports, tmp_path, capsys):
         assert row["bookkeeping_share"] == pytest.approx(stages["bookkeeping"] / row["per_frame_ms"])
     sequential, baseline = rows[0], rows[2]
     assert report["ratios"]["sltnet_vs_baseline_fps"][0] == {
-        "sltnet": "tiny_sequential", "baseline": "tiny_baseline", "backend": "onnxruntime",
+        "sltnet": "tiny_sequential",
+        "baseline": "tiny_baseline",
+        "backend": "onnxruntime",
         "ratio": pytest.approx(sequential["fps"] / baseline["fps"]),
-    }  # fmt: skip
+    }
     assert [e["target"] for e in report["ratios"]["onnxruntime_vs_eager_fps"]] == ["tiny_sequential", "tiny_baseline"]
     assert [c["status"] in ("PASS", "FAIL") for c in report["checks"]] == [True] * 4
     assert "| tiny_sequential | sequential | onnxruntime" in printed

@@ -1,12 +1,13 @@
 """``sltnet-convert half-weights``: a float16 weights file that loads back into the float32 model."""
 
 import torch
-from helpers import TINY_SLTNET, make_weights, video
 
 from sltnet.config import load_config
 from sltnet.modeling.build import build_model
 from sltnet.modeling.streaming import StreamingDetector
 from sltnet.tools.convert import main
+
+from helpers import TINY_SLTNET, make_weights, video
 
 
 def test_half_weights_halve_the_file_and_load_into_the_float_model(tmp_path, capsys):

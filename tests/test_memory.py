@@ -1,4 +1,4 @@
-"""Long-term keyframe memory (DESIGN A.5)."""
+"""Long-term keyframe memory (docs/method.md#long-term-self-guided-attention)."""
 
 import pytest
 import torch

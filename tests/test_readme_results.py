@@ -1,16 +1,19 @@
 """The README's results blocks are generated from the benchmarks' JSON (``benchmarks/readme_results.py``)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-spec = importlib.util.spec_from_file_location("readme_results", Path("benchmarks/readme_results.py"))
-readme_results = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(readme_results)
+from benchmarks import readme_results
 
-MACHINE = {"cpu": "Test CPU", "cores": 2, "threads": 2, "torch": "9.9", "onnxruntime": "1.0", "command": ["b.py", "--x"]}
+MACHINE = {
+    "cpu": "Test CPU",
+    "cores": 2,
+    "threads": 2,
+    "torch": "9.9",
+    "onnxruntime": "1.0",
+    "command": ["b.py", "--x"],
+}
 
 
 def test_the_readme_blocks_are_what_the_committed_json_gives():

@@ -1,4 +1,5 @@
-"""Anchors, box coding, matching, sampling, RPN outputs, losses and proposal selection (DESIGN A.1)."""
+"""Anchors, box coding, matching, sampling, RPN outputs, losses and proposal selection
+(docs/method.md#single-frame-baseline)."""
 
 import math
 

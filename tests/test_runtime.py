@@ -1,4 +1,4 @@
-"""The streaming runtime (DESIGN B.3) and ``sltnet-run``: parity of every available backend with the
+"""The streaming runtime (docs/deployment.md#runtime) and ``sltnet-run``: parity of every available backend with the
 PyTorch reference, the ring bookkeeping (one frame-engine run per frame, re-bound window slots,
 no allocation after warm-up, reset between videos) and the command line's outputs and errors."""
 
@@ -10,16 +10,6 @@ import av
 import pytest
 import torch
 from PIL import Image
-from helpers import (
-    CLASS_NAMES,
-    SCORE_THRESH,
-    SYMMETRIC_N,
-    TINY_SLTNET,
-    assert_same_results,
-    make_weights,
-    stream,
-    video,
-)
 
 import runtime.detector as detector_module
 from export.cli import main as export_main
@@ -32,10 +22,18 @@ from sltnet.errors import SltnetError
 from sltnet.modeling.build import build_model
 from sltnet.modeling.streaming import StreamingDetector
 
+from helpers import (
+    CLASS_NAMES,
+    SCORE_THRESH,
+    SYMMETRIC_N,
+    TINY_SLTNET,
+    assert_same_results,
+    make_weights,
+    stream,
+    video,
+)
+
 FRAME_SIZE = (128, 128)  # the tiny config's default export size
-
-
-pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +63,15 @@ def reference(weights, mode_overrides=()):
     return StreamingDetector.from_config(build_model(cfg), cfg)
 
 
-def available_backends():
-    names = ["torch", "onnxruntime"]
-    if torch.cuda.is_available():
-        names += ["torch-cuda"]
-    if tensorrt_unavailable() is None:
-        names += ["tensorrt"]
-    return names
+NO_CUDA = "torch sees no CUDA GPU"
+BACKEND_PARAMS = [
+    "torch",
+    "onnxruntime",
+    pytest.param("torch-cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)),
+    pytest.param(
+        "tensorrt", marks=pytest.mark.skipif(tensorrt_unavailable() is not None, reason=f"{tensorrt_unavailable()}")
+    ),
+]
 
 
 def open_named(name, out, manifest):
@@ -83,7 +83,7 @@ def open_named(name, out, manifest):
 # ------------------------------------------------------------------------------------------------
 # Parity and bookkeeping
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend_name", available_backends())
+@pytest.mark.parametrize("backend_name", BACKEND_PARAMS)
 @pytest.mark.parametrize("mode", ["sequential", "symmetric"])
 @pytest.mark.parametrize("num_frames", [8, 2])
 def test_backends_match_the_pytorch_reference(request, weights, backend_name, mode, num_frames):

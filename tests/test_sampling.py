@@ -1,4 +1,4 @@
-"""Frame groups for training (DESIGN A.7) and test-time windows (DESIGN A.2)."""
+"""Frame groups for training (docs/method.md#two-stage-training) and test-time windows (docs/method.md#frame-window)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""SLTnet meta-architecture and its streaming API (DESIGN A.2-A.7) on the tiny config."""
+"""SLTnet meta-architecture and its streaming API (docs/method.md) on the tiny config."""
 
 import pytest
 import torch
@@ -51,8 +51,12 @@ def sequential():
 def symmetric():
     torch.manual_seed(0)
     cfg = tiny_cfg(
-        "MODEL.SPATIOTEMPORAL.FORWARD_AGGREGATION", "true", "MODEL.SPATIOTEMPORAL.NUM_FRAMES", "2",
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+        "MODEL.SPATIOTEMPORAL.FORWARD_AGGREGATION",
+        "true",
+        "MODEL.SPATIOTEMPORAL.NUM_FRAMES",
+        "2",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+        "0.0",
     )
     return cfg, build_model(cfg)
 
@@ -68,7 +72,10 @@ def test_sequential_answers_every_frame_at_once_and_runs_backbone_once_per_frame
     first = answered[0][0]
     assert first.boxes.shape[1] == 4 and len(first.boxes) == len(first.scores) == len(first.classes)
     # Boxes come back in the pixels of the frame as given.
-    assert float(first.boxes[:, 2].max()) <= FRAME_SIZE[1] + 1e-3 and float(first.boxes[:, 3].max()) <= FRAME_SIZE[0] + 1e-3
+    assert (
+        float(first.boxes[:, 2].max()) <= FRAME_SIZE[1] + 1e-3
+        and float(first.boxes[:, 3].max()) <= FRAME_SIZE[0] + 1e-3
+    )
 
 
 @pytest.mark.parametrize("num_frames", [1, 2, 3, 8])

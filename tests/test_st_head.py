@@ -1,4 +1,5 @@
-"""ST box heads, ST classifier and double-head fusion (DESIGN A.5, A.6)."""
+"""ST box heads, ST classifier and double-head fusion (docs/method.md#long-term-self-guided-attention,
+#double-head-and-inference)."""
 
 import math
 
@@ -57,9 +58,7 @@ def hand_forward_one_stage(head, x, boxes, ref_features, ref_boxes):
     output = x0.clone()
     for g in range(G):
         channels = slice(g * head_dim, (g + 1) * head_dim)
-        logits = torch.log(geometric[..., g] + 1e-6) + queries[:, channels] @ keys[:, channels].T / math.sqrt(
-            head_dim
-        )
+        logits = torch.log(geometric[..., g] + 1e-6) + queries[:, channels] @ keys[:, channels].T / math.sqrt(head_dim)
         head_output = logits.softmax(dim=1) @ refs  # [R, D]: every head attends over all of d
         output[:, channels] += head_output @ value_weight[channels].T + value_bias[channels]
     return output

@@ -1,4 +1,4 @@
-"""ST-COCO validation messages and loading (DESIGN C.1)."""
+"""ST-COCO validation messages and loading (docs/data.md#st-coco)."""
 
 import copy
 import json

@@ -175,7 +175,7 @@ def test_hidden_objects_stay_visible(hide_type):
 
 
 def test_motion_covers_all_speed_buckets_and_objects_leave_the_frame():
-    """Motion IoU (DESIGN C.3) over ±10 frames puts boxes in every bucket; some tracks exit."""
+    """Motion IoU (docs/metrics.md#the-metrics) over ±10 frames puts boxes in every bucket; some tracks exit."""
     buckets = set()
     partly_outside = 0
     for seed in range(40):

@@ -1,4 +1,4 @@
-"""sltnet-train (DESIGN A.7): stage 1 and 2, the run's outputs, exact resume, one-line errors."""
+"""sltnet-train (docs/method.md#two-stage-training): stage 1 and 2, the run's outputs, exact resume, one-line errors."""
 
 import contextlib
 import io
@@ -19,27 +19,41 @@ BASELINE = "configs/synthetic/tiny_baseline.yaml"
 SLTNET = "configs/synthetic/tiny_sltnet.yaml"
 # 64-pixel synthetic frames, two groups per batch, loading in the main process.
 TINY = [
-    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64",
-    "INPUT.MAX_SIZE_TEST", "64", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
-]  # fmt: skip
+    "INPUT.MIN_SIZE_TRAIN",
+    "(64,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "64",
+    "INPUT.MIN_SIZE_TEST",
+    "64",
+    "INPUT.MAX_SIZE_TEST",
+    "64",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+]
 STAGE1_ITERATIONS = 20
 TEMPORAL_PREFIXES = ("st_box_head.", "st_cls_predictor.")
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    """Synthetic tiny train (2 videos x 6 frames) and val (1 x 4) splits, found through $SLTNET_DATA;
-    one thread for torch so that busy cores do not stall the runs."""
+    """Synthetic tiny train (2 videos x 6 frames) and val (1 x 4) splits, found through $SLTNET_DATA."""
     root = tmp_path_factory.mktemp("data")
     for split, videos, frames, seed in (("synth_tiny_train", 2, 6, 0), ("synth_tiny_val", 1, 4, 1)):
-        generate_split(str(root / "synthetic"), split, num_videos=videos, num_frames=frames, image_size=64,
-                       seed=seed, workers=1, progress=False)  # fmt: skip
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+        generate_split(
+            str(root / "synthetic"),
+            split,
+            num_videos=videos,
+            num_frames=frames,
+            image_size=64,
+            seed=seed,
+            workers=1,
+            progress=False,
+        )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SLTNET_DATA", str(root))
         yield root
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +62,26 @@ def stage1(data_root, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("stage1")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        status = main([
-            "--config-file", BASELINE, "--log-period", "1", "--no-progress", *TINY,
-            "SOLVER.MAX_ITER", str(STAGE1_ITERATIONS), "SOLVER.BASE_LR", "0.02", "SOLVER.WARMUP_ITERS", "2",
-            "SOLVER.CHECKPOINT_PERIOD", "10", "OUTPUT_DIR", str(output_dir),
-        ])  # fmt: skip
+        status = main(
+            [
+                "--config-file",
+                BASELINE,
+                "--log-period",
+                "1",
+                "--no-progress",
+                *TINY,
+                "SOLVER.MAX_ITER",
+                str(STAGE1_ITERATIONS),
+                "SOLVER.BASE_LR",
+                "0.02",
+                "SOLVER.WARMUP_ITERS",
+                "2",
+                "SOLVER.CHECKPOINT_PERIOD",
+                "10",
+                "OUTPUT_DIR",
+                str(output_dir),
+            ]
+        )
     assert status == 0
     return output_dir, printed.getvalue()
 
@@ -74,8 +103,15 @@ def test_stage1_loss_falls_and_the_run_writes_its_outputs(stage1):
     records = read_metrics(output_dir)
     assert [r["iteration"] for r in records] == list(range(1, STAGE1_ITERATIONS + 1))
     assert set(records[0]) == {
-        "iteration", "loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "total_loss", "lr", "seconds_per_iter",
-    }  # fmt: skip
+        "iteration",
+        "loss_rpn_cls",
+        "loss_rpn_loc",
+        "loss_cls",
+        "loss_box_reg",
+        "total_loss",
+        "lr",
+        "seconds_per_iter",
+    }
     for record in records:
         losses = sum(v for k, v in record.items() if k.startswith("loss_"))
         assert record["total_loss"] == pytest.approx(losses)
@@ -85,9 +121,14 @@ def test_stage1_loss_falls_and_the_run_writes_its_outputs(stage1):
     assert sum(totals[-3:]) / 3 < 0.7 * totals[0]
 
     assert sorted(p.name for p in output_dir.iterdir()) == [
-        "config.yaml", "last_checkpoint", "metrics.jsonl", "metrics_final.json",
-        "model_0000010.pt", "model_0000020.pt", "model_final.pt",
-    ]  # fmt: skip
+        "config.yaml",
+        "last_checkpoint",
+        "metrics.jsonl",
+        "metrics_final.json",
+        "model_0000010.pt",
+        "model_0000020.pt",
+        "model_final.pt",
+    ]
     assert last_checkpoint(output_dir).name == "model_0000020.pt"
     assert load_config(str(output_dir / "config.yaml")).SOLVER.MAX_ITER == STAGE1_ITERATIONS
     state = torch.load(output_dir / "model_0000010.pt", weights_only=False)
@@ -106,10 +147,20 @@ def test_stage1_loss_falls_and_the_run_writes_its_outputs(stage1):
 
 def test_stage2_trains_the_st_head_and_leaves_the_rest_bit_identical(stage1, tmp_path):
     stage1_dir, _ = stage1
-    cfg = load_config(SLTNET, [
-        *TINY, "MODEL.WEIGHTS", str(stage1_dir / "model_final.pt"), "SOLVER.MAX_ITER", "3",
-        "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(tmp_path),
-    ])  # fmt: skip
+    cfg = load_config(
+        SLTNET,
+        [
+            *TINY,
+            "MODEL.WEIGHTS",
+            str(stage1_dir / "model_final.pt"),
+            "SOLVER.MAX_ITER",
+            "3",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "1",
+            "OUTPUT_DIR",
+            str(tmp_path),
+        ],
+    )
     result = train(cfg, DatasetCatalog(), log_period=2, run_evaluation=False, progress=False)
     assert result.iteration == 3 and result.final_weights == tmp_path / "model_final.pt"
 
@@ -134,12 +185,26 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(data_root, tmp_pat
     """Kill after the checkpoint at 3 of 6 iterations, resume; the schedule steps after the kill
     and the data wrap into a new epoch (4 groups per epoch) across it."""
     overrides = [
-        *TINY, "DATALOADER.TRAIN_GROUPS_PER_VIDEO", "2", "SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(4,)",
-        "SOLVER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "3",
-    ]  # fmt: skip
+        *TINY,
+        "DATALOADER.TRAIN_GROUPS_PER_VIDEO",
+        "2",
+        "SOLVER.MAX_ITER",
+        "6",
+        "SOLVER.STEPS",
+        "(4,)",
+        "SOLVER.WARMUP_ITERS",
+        "2",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "3",
+    ]
     catalog = DatasetCatalog()
-    whole = train(load_config(BASELINE, overrides + ["OUTPUT_DIR", str(tmp_path / "whole")]), catalog,
-                  log_period=1, run_evaluation=False, progress=False)  # fmt: skip
+    whole = train(
+        load_config(BASELINE, overrides + ["OUTPUT_DIR", str(tmp_path / "whole")]),
+        catalog,
+        log_period=1,
+        run_evaluation=False,
+        progress=False,
+    )
 
     # The resumed run loads in a worker process: the data must not depend on where they are loaded.
     cfg = load_config(BASELINE, overrides + ["OUTPUT_DIR", str(tmp_path / "killed"), "DATALOADER.NUM_WORKERS", "1"])
@@ -175,10 +240,24 @@ def test_resume_refusals(stage1, tmp_path, capsys):
 
 
 def test_non_finite_loss_stops_with_the_iteration(data_root, tmp_path, capsys):
-    error = cli_error([
-        "--config-file", BASELINE, "--no-progress", "--no-eval", *TINY, "SOLVER.BASE_LR", "1e20",
-        "SOLVER.WARMUP_ITERS", "0", "SOLVER.MAX_ITER", "4", "OUTPUT_DIR", str(tmp_path),
-    ], capsys)  # fmt: skip
+    error = cli_error(
+        [
+            "--config-file",
+            BASELINE,
+            "--no-progress",
+            "--no-eval",
+            *TINY,
+            "SOLVER.BASE_LR",
+            "1e20",
+            "SOLVER.WARMUP_ITERS",
+            "0",
+            "SOLVER.MAX_ITER",
+            "4",
+            "OUTPUT_DIR",
+            str(tmp_path),
+        ],
+        capsys,
+    )
     assert error.startswith("error: iteration 2: loss is not finite (loss_box_reg nan")
     assert "lower SOLVER.BASE_LR" in error
 
@@ -195,12 +274,22 @@ def test_data_errors(data_root, tmp_path, capsys):
 
     # Frames without any box: no group to train on.
     empty_json = tmp_path / "empty.json"
-    images = [{"id": i, "file_name": f"v/{i}.jpg", "width": 64, "height": 64, "video": "v", "frame_number": i}
-              for i in (1, 2)]  # fmt: skip
+    images = [
+        {"id": i, "file_name": f"v/{i}.jpg", "width": 64, "height": 64, "video": "v", "frame_number": i} for i in (1, 2)
+    ]
     empty_json.write_text(json.dumps({"images": images, "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
     error = cli_error(
-        base + ["--dataset-spec", f"empty={tmp_path},{empty_json}", "DATASETS.TRAIN", "['empty']",
-                "MODEL.ROI_HEADS.NUM_CLASSES", "1"], capsys)  # fmt: skip
+        base
+        + [
+            "--dataset-spec",
+            f"empty={tmp_path},{empty_json}",
+            "DATASETS.TRAIN",
+            "['empty']",
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            "1",
+        ],
+        capsys,
+    )
     assert error.startswith(f"error: {empty_json}: no frame group of 1 frames") and "nothing to train on" in error
 
     with pytest.MonkeyPatch.context() as patch:

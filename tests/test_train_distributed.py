@@ -32,17 +32,42 @@ RANK_SCRIPT = textwrap.dedent(
 
 def test_two_gloo_processes_end_with_identical_parameters(tmp_path):
     data = tmp_path / "data"
-    generate_split(str(data / "synthetic"), "synth_tiny_train", num_videos=2, num_frames=6, image_size=64, seed=0,
-                   workers=1, progress=False)  # fmt: skip
+    generate_split(
+        str(data / "synthetic"),
+        "synth_tiny_train",
+        num_videos=2,
+        num_frames=6,
+        image_size=64,
+        seed=0,
+        workers=1,
+        progress=False,
+    )
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
     output_dir = tmp_path / "run"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-        "configs/synthetic/tiny_baseline.yaml", str(tmp_path),
-        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "SOLVER.IMS_PER_BATCH", "2",
-        "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(output_dir),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        "configs/synthetic/tiny_baseline.yaml",
+        str(tmp_path),
+        "INPUT.MIN_SIZE_TRAIN",
+        "(64,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "64",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.MAX_ITER",
+        "2",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1",
+        "OUTPUT_DIR",
+        str(output_dir),
+    ]
     env = {**os.environ, "SLTNET_DATA": str(data), "OMP_NUM_THREADS": "1"}
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -55,8 +80,13 @@ def test_two_gloo_processes_end_with_identical_parameters(tmp_path):
 
     # Rank 0 alone wrote the run: checkpoints with every rank's RNG state, one metrics record per iteration.
     assert sorted(p.name for p in output_dir.iterdir()) == [
-        "config.yaml", "last_checkpoint", "metrics.jsonl", "model_0000001.pt", "model_0000002.pt", "model_final.pt",
-    ]  # fmt: skip
+        "config.yaml",
+        "last_checkpoint",
+        "metrics.jsonl",
+        "model_0000001.pt",
+        "model_0000002.pt",
+        "model_final.pt",
+    ]
     first = torch.load(output_dir / "model_0000001.pt", weights_only=False)
     last = torch.load(output_dir / "model_0000002.pt", weights_only=False)
     assert len(last["rng_states"]) == 2

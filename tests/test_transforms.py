@@ -116,7 +116,12 @@ def test_read_image_errors(tmp_path):
 
 def _frame(width, height):
     return FrameRecord(
-        image_id=1, file_name="f.png", video="v", frame_number=0, width=width, height=height,
+        image_id=1,
+        file_name="f.png",
+        video="v",
+        frame_number=0,
+        width=width,
+        height=height,
         boxes=np.array([[2, 1, 6, 3]], np.float32),
     )
 

@@ -1,4 +1,4 @@
-"""Short-term anchor linking (DESIGN A.3)."""
+"""Short-term anchor linking (docs/method.md#short-term-anchor-linking)."""
 
 import math
 
@@ -19,9 +19,7 @@ def grid_boxes(num_frames: int, num_anchors: int) -> torch.Tensor:
 
 
 def link(boxes, logits, levels, reference_index, pre_nms_topk=100, post_nms_topk=100, min_size=0.0):
-    return link_tubelets(
-        boxes, logits, levels, reference_index, IMAGE_SIZE, pre_nms_topk, post_nms_topk, 0.7, min_size
-    )
+    return link_tubelets(boxes, logits, levels, reference_index, IMAGE_SIZE, pre_nms_topk, post_nms_topk, 0.7, min_size)
 
 
 def test_tubelet_keeps_the_boxes_its_anchor_regressed_in_every_frame():

@@ -2,8 +2,8 @@
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Sequence, Tuple
 
 import pytest
 
@@ -18,7 +18,7 @@ from sltnet.data.vid_convert import (
 from sltnet.tools.convert import main
 
 # (trackid, wnid, xmin, ymin, xmax, ymax, occluded, generated)
-Obj = Tuple[int, str, int, int, int, int, int, int]
+Obj = tuple[int, str, int, int, int, int, int, int]
 
 VAL_VIDEOS = {
     "ILSVRC2015_val_00000000": [
@@ -60,7 +60,7 @@ def val_dir(tmp_path: Path) -> Path:
     return split_dir
 
 
-def run_error(capsys, argv: List[str]) -> str:
+def run_error(capsys, argv: list[str]) -> str:
     """Run the CLI expecting a user error; return the error line after checking it is one line."""
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -221,7 +221,7 @@ def test_missing_dir_and_missing_frame_are_errors(val_dir: Path, tmp_path: Path,
     assert not (tmp_path / "o.json").exists()
 
 
-def converted_gt(val_dir: Path, tmp_path: Path, with_image_set: bool) -> Tuple[Path, Path]:
+def converted_gt(val_dir: Path, tmp_path: Path, with_image_set: bool) -> tuple[Path, Path]:
     image_set = tmp_path / "val.txt"
     image_set.write_text(
         "".join(

@@ -141,7 +141,7 @@ _C.DATASETS.CATALOG = ""
 _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 2
 _C.DATALOADER.SIZE_DIVISIBILITY = 32
-# Groups of frames taken per video and per epoch (DESIGN A.7).
+# Groups of frames taken per video and per epoch (docs/method.md#two-stage-training).
 _C.DATALOADER.TRAIN_GROUPS_PER_VIDEO = 10
 
 # ---------------------------------------------------------------------------------------------

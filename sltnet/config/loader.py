@@ -13,7 +13,8 @@ import difflib
 import os
 import re
 import warnings
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import yaml
 from yacs.config import CfgNode
@@ -51,10 +52,10 @@ class ConfigWarning(UserWarning):
 
 
 #: ``(path, values)`` of a config file and its bases, the furthest base first.
-ConfigChain = List[Tuple[str, Dict[str, Any]]]
+ConfigChain = list[tuple[str, dict[str, Any]]]
 
 
-def load_config(config_file: Optional[str], overrides: Sequence[str] = (), allow_unknown: bool = False) -> CfgNode:
+def load_config(config_file: str | None, overrides: Sequence[str] = (), allow_unknown: bool = False) -> CfgNode:
     """Defaults, then ``config_file`` (with its ``_BASE_`` chain), then ``KEY VALUE`` overrides.
 
     Args:
@@ -81,8 +82,8 @@ def config_from_chain(
     chain: ConfigChain,
     overrides: Sequence[str] = (),
     *,
-    origin: Optional[str] = None,
-    base: Optional[CfgNode] = None,
+    origin: str | None = None,
+    base: CfgNode | None = None,
     allow_unknown: bool = False,
 ) -> CfgNode:
     """Merge already-read config files over ``base`` (default: the defaults), then the overrides.
@@ -97,7 +98,7 @@ def config_from_chain(
         The merged, validated and frozen config.
     """
     cfg = get_cfg() if base is None else base.clone()
-    skipped: Optional[List[str]] = [] if allow_unknown else None
+    skipped: list[str] | None = [] if allow_unknown else None
     for path, values in chain:
         _merge_mapping(cfg, values, "", f"in {path}", skipped)
     if skipped:
@@ -130,7 +131,7 @@ def save_config(cfg: CfgNode, path: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_base_chain(path: str, including: Tuple[str, ...]) -> List[Tuple[str, Dict[str, Any]]]:
+def _read_base_chain(path: str, including: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]]:
     """``(path, values)`` of ``path`` and its bases, the furthest base first.
 
     ``including`` holds the real paths of the files that (transitively) include ``path``.
@@ -151,7 +152,7 @@ def _read_base_chain(path: str, including: Tuple[str, ...]) -> List[Tuple[str, D
     return _read_base_chain(base_path, including + (real_path,)) + [(path, values)]
 
 
-def _read_yaml(path: str) -> Dict[str, Any]:
+def _read_yaml(path: str) -> dict[str, Any]:
     """The top-level mapping of a YAML file (empty for an empty file)."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -180,7 +181,7 @@ def _read_yaml(path: str) -> Dict[str, Any]:
 
 
 def _merge_mapping(
-    node: CfgNode, values: Dict[Any, Any], prefix: str, where: str, skipped: Optional[List[str]] = None
+    node: CfgNode, values: dict[Any, Any], prefix: str, where: str, skipped: list[str] | None = None
 ) -> None:
     """Set every key of ``values`` on ``node``; ``prefix`` is the node's dotted path.
 
@@ -201,7 +202,7 @@ def _merge_mapping(
             node[key] = _coerce(value, node[key], full_key, where)
 
 
-def flatten_values(values: Dict[Any, Any], prefix: str = "") -> Iterator[Tuple[str, Any]]:
+def flatten_values(values: dict[Any, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     """``(dotted key, value)`` of every leaf of a nested mapping (an empty mapping is a leaf)."""
     for key, value in values.items():
         path = f"{prefix}{key}"
@@ -387,7 +388,8 @@ def _validate_backbone(cfg: CfgNode) -> None:
         if resnets.RES2_OUT_CHANNELS != resnets.STEM_OUT_CHANNELS:
             raise SltnetError(
                 f"MODEL.RESNETS.RES2_OUT_CHANNELS must equal MODEL.RESNETS.STEM_OUT_CHANNELS "
-                f"({resnets.STEM_OUT_CHANNELS}) for MODEL.RESNETS.DEPTH {resnets.DEPTH}, got {resnets.RES2_OUT_CHANNELS}"
+                f"({resnets.STEM_OUT_CHANNELS}) for MODEL.RESNETS.DEPTH {resnets.DEPTH}, "
+                f"got {resnets.RES2_OUT_CHANNELS}"
             )
         if resnets.NUM_GROUPS != 1:
             raise SltnetError(f"MODEL.RESNETS.NUM_GROUPS must be 1 for MODEL.RESNETS.DEPTH {resnets.DEPTH}")

@@ -12,8 +12,9 @@ classes in ascending category-id order.
 
 import pickle
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from sltnet.errors import SltnetError
 from sltnet.modeling.backbone import STAGE_BLOCKS
 from sltnet.modeling.build import build_model
 
-StateDict = Dict[str, Tensor]
+StateDict = dict[str, Tensor]
 
 #: Stages feeding detectron2's FPN by default (``fpn_lateral2`` .. ``fpn_lateral5``).
 DEFAULT_FPN_STAGES = (2, 3, 4, 5)
@@ -43,7 +44,7 @@ class NameRule(NamedTuple):
 
     ours: str
     detectron2: str
-    st_head: Optional[str] = None
+    st_head: str | None = None
 
 
 #: What each ``{field}`` of a rule matches.
@@ -65,7 +66,7 @@ FIELDS = {
 #: Our names and detectron2's. ``{fpn}`` is the FPN input's index here (0 for the first) and its
 #: stage number in detectron2 (``fpn_lateral2``); ``{fc}`` of the plain ST head is 0-based here and
 #: 1-based in detectron2 (``fc1``).
-NAME_MAP: Tuple[NameRule, ...] = (
+NAME_MAP: tuple[NameRule, ...] = (
     NameRule("backbone.bottom_up.stem.conv1.weight", "backbone.bottom_up.stem.conv1.weight"),
     NameRule("backbone.bottom_up.stem.bn1.{bn}", "backbone.bottom_up.stem.conv1.norm.{bn}"),
     NameRule(
@@ -118,7 +119,7 @@ _OURS_PATTERNS = [_pattern(rule.ours) for rule in NAME_MAP]
 _D2_PATTERNS = [_pattern(rule.detectron2) for rule in NAME_MAP]
 
 
-def _field_to_d2(field: str, value: str, fpn_stages: Sequence[int]) -> Optional[str]:
+def _field_to_d2(field: str, value: str, fpn_stages: Sequence[int]) -> str | None:
     if field == "fpn":
         index = int(value)
         return str(fpn_stages[index]) if index < len(fpn_stages) else None
@@ -127,7 +128,7 @@ def _field_to_d2(field: str, value: str, fpn_stages: Sequence[int]) -> Optional[
     return value
 
 
-def _field_to_ours(field: str, value: str, fpn_stages: Sequence[int]) -> Optional[str]:
+def _field_to_ours(field: str, value: str, fpn_stages: Sequence[int]) -> str | None:
     if field == "fpn":
         return str(list(fpn_stages).index(int(value))) if int(value) in fpn_stages else None
     if field == "fc":
@@ -135,7 +136,7 @@ def _field_to_ours(field: str, value: str, fpn_stages: Sequence[int]) -> Optiona
     return value
 
 
-def _rename(name: str, to_d2: bool, fpn_stages: Sequence[int], st_head: Optional[str]) -> Optional[str]:
+def _rename(name: str, to_d2: bool, fpn_stages: Sequence[int], st_head: str | None) -> str | None:
     """The other side's name for ``name``, or None when no rule covers it."""
     patterns = _OURS_PATTERNS if to_d2 else _D2_PATTERNS
     convert = _field_to_d2 if to_d2 else _field_to_ours
@@ -152,7 +153,7 @@ def _rename(name: str, to_d2: bool, fpn_stages: Sequence[int], st_head: Optional
     return None
 
 
-def d2_to_sltnet(state: StateDict, fpn_stages: Sequence[int] = DEFAULT_FPN_STAGES) -> Tuple[StateDict, List[str]]:
+def d2_to_sltnet(state: StateDict, fpn_stages: Sequence[int] = DEFAULT_FPN_STAGES) -> tuple[StateDict, list[str]]:
     """Rename a detectron2 state dict to this project's names.
 
     Args:
@@ -174,7 +175,7 @@ def d2_to_sltnet(state: StateDict, fpn_stages: Sequence[int] = DEFAULT_FPN_STAGE
     return renamed, unmapped
 
 
-def sltnet_to_d2(state: StateDict, fpn_stages: Sequence[int] = DEFAULT_FPN_STAGES) -> Tuple[StateDict, List[str]]:
+def sltnet_to_d2(state: StateDict, fpn_stages: Sequence[int] = DEFAULT_FPN_STAGES) -> tuple[StateDict, list[str]]:
     """Rename one of this project's state dicts to detectron2's (original SLTnet's) names.
 
     An ST box head with attention projections keeps ``fcs.{i}``; the plain 2-FC ST head becomes
@@ -248,7 +249,7 @@ def _unpickle(path: Path, allow_pickle: bool) -> Any:
         raise SltnetError(f"{path}: not a readable checkpoint ({_first_line(err)})") from None
 
 
-def read_d2_checkpoint(path: Union[str, Path], allow_pickle: bool = False) -> StateDict:
+def read_d2_checkpoint(path: str | Path, allow_pickle: bool = False) -> StateDict:
     """The detectron2-named state dict of a checkpoint file, as CPU tensors.
 
     ``.pkl`` files are read as model-zoo pickles (numpy arrays become tensors), anything else with
@@ -305,16 +306,16 @@ class Conversion(NamedTuple):
     """
 
     state: StateDict
-    problems: List[str]
-    notes: List[str]
+    problems: list[str]
+    notes: list[str]
 
 
-def fpn_stages_of(cfg: CfgNode) -> Tuple[int, ...]:
+def fpn_stages_of(cfg: CfgNode) -> tuple[int, ...]:
     """Stage numbers of ``MODEL.FPN.IN_FEATURES`` (``res2`` -> 2)."""
     return tuple(int(name[len("res") :]) for name in cfg.MODEL.FPN.IN_FEATURES)
 
 
-def model_shapes(cfg: CfgNode) -> Dict[str, torch.Size]:
+def model_shapes(cfg: CfgNode) -> dict[str, torch.Size]:
     """Name -> shape of every state-dict entry of the model ``cfg`` describes (built without memory)."""
     cfg = cfg.clone()
     cfg.defrost()
@@ -326,7 +327,7 @@ def model_shapes(cfg: CfgNode) -> Dict[str, torch.Size]:
     return {name: tensor.shape for name, tensor in model.state_dict().items()}
 
 
-def _fill_running_stats(state: StateDict) -> List[str]:
+def _fill_running_stats(state: StateDict) -> list[str]:
     """Give FrozenBatchNorm layers without running statistics mean 0 and variance 1 (the identity,
     as detectron2 does for early checkpoints). Returns the layers filled in."""
     filled = []
@@ -339,7 +340,7 @@ def _fill_running_stats(state: StateDict) -> List[str]:
     return filled
 
 
-def _pixel_problems(d2_state: StateDict, cfg: CfgNode) -> List[str]:
+def _pixel_problems(d2_state: StateDict, cfg: CfgNode) -> list[str]:
     problems = []
     for name, key in (("pixel_mean", "PIXEL_MEAN"), ("pixel_std", "PIXEL_STD")):
         if name in d2_state:
@@ -350,7 +351,7 @@ def _pixel_problems(d2_state: StateDict, cfg: CfgNode) -> List[str]:
     return problems
 
 
-def convert_d2_state(d2_state: StateDict, cfg: Optional[CfgNode] = None) -> Conversion:
+def convert_d2_state(d2_state: StateDict, cfg: CfgNode | None = None) -> Conversion:
     """Rename a detectron2 state dict and check it against the model ``cfg`` describes.
 
     Without ``cfg`` only the names are checked (every detectron2 name must map).

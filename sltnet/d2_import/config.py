@@ -8,7 +8,8 @@ values that would describe a model this project does not build, and names every 
 """
 
 import ast
-from typing import Any, Dict, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 from yacs.config import CfgNode
 
@@ -17,7 +18,7 @@ from sltnet.errors import SltnetError
 
 #: detectron2's default values (and the original SLTnet's, for ``MODEL.SPATIOTEMPORAL``) where this
 #: project's defaults differ: a detectron2 file that does not set such a key means this value.
-DETECTRON2_DEFAULTS: Dict[str, Any] = {
+DETECTRON2_DEFAULTS: dict[str, Any] = {
     "MODEL.BACKBONE.NAME": "build_resnet_backbone",
     "MODEL.RESNETS.OUT_FEATURES": ["res4"],
     "MODEL.ANCHOR_GENERATOR.SIZES": [[32, 64, 128, 256, 512]],
@@ -52,7 +53,7 @@ DETECTRON2_DEFAULTS: Dict[str, Any] = {
 
 #: Keys whose value must be one of these, because the model here is built that way. The ones this
 #: project does not have are dropped silently when they hold a supported value.
-SUPPORTED_VALUES: Dict[str, Tuple[Any, ...]] = {
+SUPPORTED_VALUES: dict[str, tuple[Any, ...]] = {
     "MODEL.BACKBONE.NAME": ("build_resnet_fpn_backbone",),
     "MODEL.PROPOSAL_GENERATOR.NAME": ("RPN",),
     "MODEL.ROI_HEADS.NAME": ("StandardROIHeads", "StROIHeads"),
@@ -78,7 +79,7 @@ SUPPORTED_VALUES: Dict[str, Tuple[Any, ...]] = {
 }
 
 #: Original keys with a counterpart here: (our key, original value -> our value).
-TRANSLATED_KEYS: Dict[str, Tuple[str, Dict[Any, Any]]] = {
+TRANSLATED_KEYS: dict[str, tuple[str, dict[Any, Any]]] = {
     "MODEL.META_ARCHITECTURE": (
         "MODEL.META_ARCHITECTURE",
         {"GeneralizedRCNN": "GeneralizedRCNN", "GeneralizedST_RCNN": "SLTnet"},
@@ -103,9 +104,9 @@ TRANSLATED_KEYS: Dict[str, Tuple[str, Dict[Any, Any]]] = {
 _ORIGINAL_LONG_TERM = "MODEL.SPATIOTEMPORAL.LONG_TERM"
 
 
-def _nest(flat: Dict[str, Any]) -> Dict[str, Any]:
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     """The nested mapping of ``{dotted key: value}``."""
-    nested: Dict[str, Any] = {}
+    nested: dict[str, Any] = {}
     for key, value in flat.items():
         *parents, leaf = key.split(".")
         node = nested
@@ -177,7 +178,7 @@ def _translate_chain(chain: ConfigChain, origin: str) -> ConfigChain:
 
     translated = []
     for path, flat in flat_files:
-        ours: Dict[str, Any] = {}
+        ours: dict[str, Any] = {}
         for key, value in flat.items():
             if key == _ORIGINAL_LONG_TERM:
                 continue

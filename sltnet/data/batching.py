@@ -1,7 +1,7 @@
-"""Training samples as tensors: frame groups with their ground-truth tubelets (DESIGN A.7)."""
+"""Training samples as tensors: frame groups with their ground-truth tubelets (docs/method.md#two-stage-training)."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -25,7 +25,7 @@ class FrameGroup:
     """
 
     images: Tensor
-    image_size: Tuple[int, int]
+    image_size: tuple[int, int]
     boxes: Tensor
     classes: Tensor
     reference: int
@@ -35,7 +35,7 @@ class FrameGroup:
 class TrainingGroup(FrameGroup):
     """A :class:`FrameGroup` plus its long-term support groups (empty without long-term attention)."""
 
-    support: List[FrameGroup] = field(default_factory=list)
+    support: list[FrameGroup] = field(default_factory=list)
 
 
 def load_frame_group(
@@ -62,7 +62,9 @@ def load_training_group(sample: TrainingSample, image_root: str, preprocessor: I
     """Tensors of a sample and its support groups, all with the sample's flip and size."""
     group = load_frame_group(sample.frames, sample.reference, image_root, preprocessor, sample.short_side, sample.flip)
     support = [
-        load_frame_group(frames, _support_reference(sample, frames), image_root, preprocessor, sample.short_side, sample.flip)
+        load_frame_group(
+            frames, _support_reference(sample, frames), image_root, preprocessor, sample.short_side, sample.flip
+        )
         for frames in sample.support
     ]
     return TrainingGroup(**vars(group), support=support)

@@ -15,9 +15,9 @@ A catalog file is YAML or JSON::
 import argparse
 import difflib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
@@ -42,7 +42,7 @@ class DatasetPaths:
     json: str
 
 
-def _builtin_datasets() -> Dict[str, DatasetPaths]:
+def _builtin_datasets() -> dict[str, DatasetPaths]:
     datasets = {}
     for name in ("synth_tiny_train", "synth_tiny_val", "synth_small_train", "synth_small_val"):
         datasets[name] = DatasetPaths(f"synthetic/{name}", f"synthetic/annotations/{name}.json")
@@ -62,15 +62,15 @@ class DatasetCatalog:
             of each lookup.
     """
 
-    def __init__(self, root: Optional[Path] = None) -> None:
+    def __init__(self, root: Path | None = None) -> None:
         self._root = root
-        self._datasets: Dict[str, DatasetPaths] = _builtin_datasets()
+        self._datasets: dict[str, DatasetPaths] = _builtin_datasets()
 
     @property
     def root(self) -> Path:
         return self._root if self._root is not None else data_root()
 
-    def names(self) -> List[str]:
+    def names(self) -> list[str]:
         return sorted(self._datasets)
 
     def __contains__(self, name: str) -> bool:
@@ -87,7 +87,7 @@ class DatasetCatalog:
         if not os.path.isfile(path):
             raise SltnetError(f"{path}: catalog file not found")
         try:
-            with open(path, "r", encoding="utf-8") as f:
+            with open(path, encoding="utf-8") as f:
                 entries = yaml.safe_load(f)  # YAML is a superset of JSON: one parser for both
         except (yaml.YAMLError, UnicodeDecodeError) as err:
             reason = " ".join(str(err).split())
@@ -107,7 +107,7 @@ class DatasetCatalog:
                 raise SltnetError(f"{path}: dataset '{name}': unknown key '{unknown[0]}' (expected image_root, json)")
             self.register(str(name), entry["image_root"], entry["json"])
 
-    def get(self, name: str) -> Tuple[str, str]:
+    def get(self, name: str) -> tuple[str, str]:
         """``(image_root, json_path)`` of a dataset, with relative paths resolved against the root.
 
         Raises:
@@ -127,7 +127,7 @@ class DatasetCatalog:
         return str(self.root / paths.image_root), str(self.root / paths.json)
 
 
-def parse_dataset_spec(spec: str) -> Tuple[str, str, str]:
+def parse_dataset_spec(spec: str) -> tuple[str, str, str]:
     """Split ``NAME=IMAGE_ROOT,JSON`` into its three parts."""
     name, _, paths = spec.partition("=")
     image_root, _, json_path = paths.rpartition(",")
@@ -173,7 +173,7 @@ def catalog_from_args(args: argparse.Namespace, cfg_catalog_file: str = "") -> D
     return build_catalog(files, args.dataset_spec)
 
 
-def load_dataset(name: str, catalog: Optional[DatasetCatalog] = None, check_images: bool = False) -> StCocoDataset:
+def load_dataset(name: str, catalog: DatasetCatalog | None = None, check_images: bool = False) -> StCocoDataset:
     """Load and validate a named dataset (built-in catalog when ``catalog`` is None)."""
     image_root, json_path = (catalog or DatasetCatalog()).get(name)
     return load_stcoco(json_path, image_root, check_images=check_images)

@@ -1,7 +1,7 @@
-"""In-memory form of an ST-COCO dataset (DESIGN C.1): videos of frames with their annotations."""
+"""In-memory form of an ST-COCO dataset (docs/data.md#st-coco): videos of frames with their annotations."""
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List
 
 import numpy as np
 
@@ -39,7 +39,7 @@ class VideoRecord:
     """A video: its name and its frames in frame order."""
 
     name: str
-    frames: List[FrameRecord]
+    frames: list[FrameRecord]
 
 
 @dataclass
@@ -56,16 +56,16 @@ class StCocoDataset:
 
     json_path: str
     image_root: str
-    class_names: List[str]
-    category_ids: List[int]
-    videos: List[VideoRecord]
+    class_names: list[str]
+    category_ids: list[int]
+    videos: list[VideoRecord]
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     @property
-    def category_id_to_class(self) -> Dict[int, int]:
+    def category_id_to_class(self) -> dict[int, int]:
         """Map from original COCO category id to contiguous class index."""
         return {cat_id: index for index, cat_id in enumerate(self.category_ids)}
 

@@ -1,11 +1,12 @@
-"""Which frames go together: training frame groups (DESIGN A.7) and test-time windows (DESIGN A.2).
+"""Which frames go together: training frame groups (docs/method.md#two-stage-training) and test-time windows
+(docs/method.md#frame-window).
 
 Sequential mode uses windows of N frames ending at the reference frame; symmetric mode windows of
 2N + 1 frames centred on it. Still images are one-frame videos: their window is the frame repeated.
 """
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 
@@ -14,13 +15,13 @@ from sltnet.data.records import FrameRecord, StCocoDataset, VideoRecord
 from sltnet.errors import SltnetError
 
 
-def video_windows(video: VideoRecord, window: Window) -> Iterator[Tuple[FrameRecord, List[FrameRecord]]]:
+def video_windows(video: VideoRecord, window: Window) -> Iterator[tuple[FrameRecord, list[FrameRecord]]]:
     """Test-time order: ``(reference frame, window frames)`` for every frame, in frame order."""
     for t, frame in enumerate(video.frames):
         yield frame, [video.frames[i] for i in window.indices(t, len(video.frames))]
 
 
-def _candidate_groups(video: VideoRecord, size: int) -> List[List[FrameRecord]]:
+def _candidate_groups(video: VideoRecord, size: int) -> list[list[FrameRecord]]:
     """Every group of ``size`` consecutive frames that satisfies the track-id rule.
 
     A group is valid when every frame has the same, non-empty, ordered list of track ids, so the
@@ -46,8 +47,8 @@ def _candidate_groups(video: VideoRecord, size: int) -> List[List[FrameRecord]]:
     ]
 
 
-def training_groups(video: VideoRecord, group_size: int, max_groups: int) -> List[List[FrameRecord]]:
-    """The training groups of a video (DESIGN A.7).
+def training_groups(video: VideoRecord, group_size: int, max_groups: int) -> list[list[FrameRecord]]:
+    """The training groups of a video (docs/method.md#two-stage-training).
 
     Args:
         video: the video.
@@ -62,7 +63,7 @@ def training_groups(video: VideoRecord, group_size: int, max_groups: int) -> Lis
     return _spread(_candidate_groups(video, group_size), max_groups)
 
 
-def _spread(groups: List[List[FrameRecord]], max_groups: int) -> List[List[FrameRecord]]:
+def _spread(groups: list[list[FrameRecord]], max_groups: int) -> list[list[FrameRecord]]:
     """At most ``max_groups`` of ``groups``, evenly spaced, first and last included."""
     if len(groups) <= max_groups:
         return groups
@@ -73,7 +74,7 @@ def _spread(groups: List[List[FrameRecord]], max_groups: int) -> List[List[Frame
 
 def support_groups(
     video: VideoRecord, group: Sequence[FrameRecord], count: int, group_size: int, rng: np.random.Generator
-) -> List[List[FrameRecord]]:
+) -> list[list[FrameRecord]]:
     """Random valid groups of the same video that share no frame with ``group`` (long-term support).
 
     Drawn without replacement while there are enough, with replacement otherwise. Fallback: a
@@ -85,8 +86,8 @@ def support_groups(
 
 
 def _pick_support_groups(
-    candidates: List[List[FrameRecord]], group: Sequence[FrameRecord], count: int, rng: np.random.Generator
-) -> List[List[FrameRecord]]:
+    candidates: list[list[FrameRecord]], group: Sequence[FrameRecord], count: int, rng: np.random.Generator
+) -> list[list[FrameRecord]]:
     if count <= 0:
         return []
     used = {frame.image_id for frame in group}
@@ -97,8 +98,9 @@ def _pick_support_groups(
     return [disjoint[i] for i in picks]
 
 
-def temporal_dropout(group: Sequence[FrameRecord], num_frames: int, rng: np.random.Generator) -> List[FrameRecord]:
-    """Symmetric-mode temporal dropout (DESIGN A.7): one random past frame, the reference, one random future frame."""
+def temporal_dropout(group: Sequence[FrameRecord], num_frames: int, rng: np.random.Generator) -> list[FrameRecord]:
+    """Symmetric-mode temporal dropout (docs/method.md#two-stage-training): one random past frame, the
+    reference, one random future frame."""
     past = int(rng.integers(0, num_frames))
     future = int(rng.integers(num_frames + 1, 2 * num_frames + 1))
     return [group[past], group[num_frames], group[future]]
@@ -116,15 +118,15 @@ class TrainingSample:
         support: long-term support groups from other parts of the video.
     """
 
-    frames: List[FrameRecord]
+    frames: list[FrameRecord]
     reference: int
     flip: bool
     short_side: int
-    support: List[List[FrameRecord]]
+    support: list[list[FrameRecord]]
 
 
 class TrainingGroupSampler:
-    """The training samples of an epoch over a whole dataset (DESIGN A.7).
+    """The training samples of an epoch over a whole dataset (docs/method.md#two-stage-training).
 
     The groups of each video are fixed (evenly spread, :func:`training_groups`); every epoch draws
     from ``np.random.default_rng([seed, epoch])`` the sample order, one horizontal flip and one
@@ -170,9 +172,9 @@ class TrainingGroupSampler:
         self.flip_probability = flip_probability
         self.temporal_dropout = temporal_dropout
         self.seed = seed
-                # Per video: all valid groups (the support pool) and the evenly spread training groups.
+        # Per video: all valid groups (the support pool) and the evenly spread training groups.
         self._candidates = [_candidate_groups(video, self.window.size) for video in dataset.videos]
-        self._groups: List[Tuple[int, List[FrameRecord]]] = [
+        self._groups: list[tuple[int, list[FrameRecord]]] = [
             (video_index, group)
             for video_index, candidates in enumerate(self._candidates)
             for group in _spread(candidates, groups_per_video)
@@ -214,7 +216,7 @@ class TrainingGroupSampler:
     def __len__(self) -> int:
         return len(self._groups)
 
-    def epoch(self, epoch: int) -> List[TrainingSample]:
+    def epoch(self, epoch: int) -> list[TrainingSample]:
         """The samples of one epoch, in training order."""
         rng = np.random.default_rng([self.seed, epoch])
         samples = []

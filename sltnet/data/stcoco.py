@@ -1,4 +1,4 @@
-"""ST-COCO annotation files (DESIGN C.1): read, validate with precise messages, load.
+"""ST-COCO annotation files (docs/data.md#st-coco): read, validate with precise messages, load.
 
 ST-COCO is COCO instances JSON where every image also has ``video`` (string) and ``frame_number``
 (int), images are ordered by video then frame, and every annotation has ``id_track``. Still-image
@@ -11,7 +11,7 @@ e.g. ``ann.json: annotation 17 (image 4): box [3, 4, 0, 5] has non-positive widt
 import json
 import math
 import os
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -31,7 +31,7 @@ VIDEO_FIELDS = ("video", "frame_number")
 BOX_BORDER_TOLERANCE = 1.0
 
 
-def read_stcoco_json(json_path: str) -> Dict[str, Any]:
+def read_stcoco_json(json_path: str) -> dict[str, Any]:
     """Parse an annotation file; a missing or unparsable file raises :class:`SltnetError`."""
     if not os.path.isfile(json_path):
         raise SltnetError(f"{json_path}: annotation file not found")
@@ -54,7 +54,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _format_box(bbox: List[float]) -> str:
+def _format_box(bbox: list[float]) -> str:
     return "[" + ", ".join(f"{v:g}" for v in bbox) + "]"
 
 
@@ -63,15 +63,15 @@ class _Problems:
 
     def __init__(self, json_path: str) -> None:
         self.json_path = json_path
-        self.lines: List[str] = []
+        self.lines: list[str] = []
 
     def add(self, where: str, problem: str) -> None:
         self.lines.append(f"{self.json_path}: {where}: {problem}" if where else f"{self.json_path}: {problem}")
 
 
 def _check_fields(
-    entry: Any, kind: str, index: int, required: Tuple[str, ...], problems: _Problems, missing_note: str = ""
-) -> Optional[str]:
+    entry: Any, kind: str, index: int, required: tuple[str, ...], problems: _Problems, missing_note: str = ""
+) -> str | None:
     """Check that ``entry`` is an object with the required fields and an integer id.
 
     Returns how to name the entry in messages (``image 4``), or None when it is unusable.
@@ -93,10 +93,10 @@ def _check_fields(
     return label
 
 
-def _validate_categories(categories: List[Any], problems: _Problems) -> Set[int]:
+def _validate_categories(categories: list[Any], problems: _Problems) -> set[int]:
     """Check the categories; return every integer category id (even of a faulty category, so its
     annotations are not reported a second time as having an unknown category)."""
-    category_ids: Set[int] = set()
+    category_ids: set[int] = set()
     for index, category in enumerate(categories):
         label = _check_fields(category, "category", index, REQUIRED_CATEGORY_FIELDS, problems)
         if label is not None:
@@ -109,21 +109,21 @@ def _validate_categories(categories: List[Any], problems: _Problems) -> Set[int]
     return category_ids
 
 
-def _is_still_image_set(images: List[Any]) -> bool:
+def _is_still_image_set(images: list[Any]) -> bool:
     """True when no image carries ``video`` or ``frame_number``: each image is its own video."""
     return not any(isinstance(image, dict) and any(name in image for name in VIDEO_FIELDS) for image in images)
 
 
-def _validate_images(images: List[Any], still_images: bool, problems: _Problems) -> Dict[int, Tuple[int, int]]:
+def _validate_images(images: list[Any], still_images: bool, problems: _Problems) -> dict[int, tuple[int, int]]:
     """Check the images; return ``{image id: (width, height)}`` of the images with a usable size."""
     required = REQUIRED_IMAGE_FIELDS
     if still_images:
         required = tuple(name for name in REQUIRED_IMAGE_FIELDS if name not in VIDEO_FIELDS)
-    image_sizes: Dict[int, Tuple[int, int]] = {}
-    seen_ids: Set[int] = set()
-    finished_videos: Set[str] = set()  # videos whose images ended earlier in the file
-    still_video_owner: Dict[str, int] = {}  # still-image sets: video name -> first image id
-    current_video: Optional[str] = None
+    image_sizes: dict[int, tuple[int, int]] = {}
+    seen_ids: set[int] = set()
+    finished_videos: set[str] = set()  # videos whose images ended earlier in the file
+    still_video_owner: dict[str, int] = {}  # still-image sets: video name -> first image id
+    current_video: str | None = None
     last_frame_number = 0
     for index, image in enumerate(images):
         note = ""
@@ -187,14 +187,14 @@ def _validate_images(images: List[Any], still_images: bool, problems: _Problems)
 
 
 def _validate_annotations(
-    annotations: List[Any],
-    image_sizes: Dict[int, Tuple[int, int]],
-    image_ids: Set[int],
-    category_ids: Set[int],
+    annotations: list[Any],
+    image_sizes: dict[int, tuple[int, int]],
+    image_ids: set[int],
+    category_ids: set[int],
     problems: _Problems,
 ) -> None:
-    seen_ids: Set[int] = set()
-    tracks_in_image: Set[Tuple[int, int]] = set()
+    seen_ids: set[int] = set()
+    tracks_in_image: set[tuple[int, int]] = set()
     for index, ann in enumerate(tqdm(annotations, desc="checking annotations", unit="ann", leave=False, disable=None)):
         label = _check_fields(ann, "annotation", index, REQUIRED_ANNOTATION_FIELDS, problems)
         if label is None:
@@ -224,7 +224,7 @@ def _validate_annotations(
         _check_box(ann["bbox"], image_sizes.get(image_id), label, problems)
 
 
-def _check_box(bbox: Any, image_size: Optional[Tuple[int, int]], label: str, problems: _Problems) -> None:
+def _check_box(bbox: Any, image_size: tuple[int, int] | None, label: str, problems: _Problems) -> None:
     if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
         problems.add(label, f"'bbox' must be [x, y, width, height] with 4 finite numbers, got {bbox!r}")
         return
@@ -241,7 +241,7 @@ def _check_box(bbox: Any, image_size: Optional[Tuple[int, int]], label: str, pro
         problems.add(label, f"box {_format_box(bbox)} lies outside the {width}x{height} image")
 
 
-def _validate_image_files(images: List[Any], image_root: str, problems: _Problems) -> None:
+def _validate_image_files(images: list[Any], image_root: str, problems: _Problems) -> None:
     for image in tqdm(images, desc="checking image files", unit="img", leave=False, disable=None):
         if isinstance(image, dict) and isinstance(image.get("file_name"), str) and image["file_name"]:
             path = os.path.join(image_root, image["file_name"])
@@ -249,9 +249,7 @@ def _validate_image_files(images: List[Any], image_root: str, problems: _Problem
                 problems.add(f"image {image.get('id')!r}", f"image file not found: {path}")
 
 
-def validate_stcoco(
-    data: Any, json_path: str, image_root: Optional[str] = None, check_images: bool = False
-) -> List[str]:
+def validate_stcoco(data: Any, json_path: str, image_root: str | None = None, check_images: bool = False) -> list[str]:
     """Every problem in a parsed ST-COCO file, one line each (empty when the file is valid).
 
     Args:
@@ -296,7 +294,7 @@ def validate_stcoco(
     return problems.lines
 
 
-def build_stcoco_dataset(data: Dict[str, Any], json_path: str, image_root: str) -> StCocoDataset:
+def build_stcoco_dataset(data: dict[str, Any], json_path: str, image_root: str) -> StCocoDataset:
     """Build the in-memory dataset from a parsed file that :func:`validate_stcoco` accepted.
 
     Category ids are sorted ascending and mapped to classes 0..K-1; boxes become (x1, y1, x2, y2)
@@ -324,7 +322,7 @@ def build_stcoco_dataset(data: Dict[str, Any], json_path: str, image_root: str) 
     bounds = np.searchsorted(ann_image[order], np.arange(len(images) + 1))
 
     still_images = _is_still_image_set(images)
-    videos: List[VideoRecord] = []
+    videos: list[VideoRecord] = []
     for index, image in enumerate(images):
         if still_images:
             video, frame_number = os.path.splitext(image["file_name"])[0], 0

@@ -9,7 +9,7 @@ most M (detectron2's ResizeShortestEdge rule, bilinear, no antialiasing) → cha
 
 import os
 import re
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ def read_image(path: str) -> Tensor:
         raise SltnetError(f"{path}: cannot decode image ({reason})") from None
 
 
-def resized_shape(height: int, width: int, short_side: int, max_size: int) -> Tuple[int, int]:
+def resized_shape(height: int, width: int, short_side: int, max_size: int) -> tuple[int, int]:
     """Output ``(h, w)`` of the shortest-edge resize.
 
     The short side becomes ``short_side``; if the long side then exceeds ``max_size`` the image is
@@ -98,7 +98,7 @@ def pad_to_divisible(tensor: Tensor, divisor: int) -> Tensor:
     return F.pad(tensor, (0, pad_w, 0, pad_h))
 
 
-def scale_boxes(boxes: Tensor, from_size: Tuple[int, int], to_size: Tuple[int, int]) -> Tensor:
+def scale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> Tensor:
     """Map [n, 4] (x1, y1, x2, y2) boxes from an image of ``from_size`` (h, w) to one of ``to_size``."""
     scale_y = to_size[0] / from_size[0]
     scale_x = to_size[1] / from_size[1]
@@ -158,11 +158,11 @@ class ImagePreprocessor(nn.Module):
             size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY,
         )
 
-    def output_shape(self, height: int, width: int, short_side: Optional[int] = None) -> Tuple[int, int]:
+    def output_shape(self, height: int, width: int, short_side: int | None = None) -> tuple[int, int]:
         """``(h, w)`` after :meth:`forward`, before padding."""
         return resized_shape(height, width, self.short_side if short_side is None else short_side, self.max_size)
 
-    def forward(self, image: Tensor, short_side: Optional[int] = None) -> Tensor:
+    def forward(self, image: Tensor, short_side: int | None = None) -> Tensor:
         """uint8 [3, H, W] or [B, 3, H, W] RGB → float32 [3, h, w] / [B, 3, h, w].
 
         ``short_side`` overrides the test-time short side (training picks one per frame group).
@@ -179,9 +179,9 @@ def load_frame(
     frame: FrameRecord,
     image_root: str,
     preprocessor: ImagePreprocessor,
-    short_side: Optional[int] = None,
+    short_side: int | None = None,
     flip: bool = False,
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Decode and preprocess one frame and bring its boxes along.
 
     Returns:

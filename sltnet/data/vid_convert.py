@@ -1,4 +1,4 @@
-"""Conversions between the ImageNet VID formats (DESIGN C.2) and ST-COCO (DESIGN C.1).
+"""Conversions between the ImageNet VID formats (docs/data.md#imagenet-vid-formats) and ST-COCO (docs/data.md#st-coco).
 
 Box convention. The VID XML boxes are inclusive pixel indices: ``xmin..xmax`` are the first and last
 pixel columns the object covers, so its extent in continuous coordinates is ``[xmin, xmax + 1)``.
@@ -19,9 +19,10 @@ import json
 import math
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, TextIO, Tuple
+from typing import NamedTuple, TextIO
 
 from tqdm import tqdm
 
@@ -29,7 +30,7 @@ from sltnet.atomic_io import atomic_output
 from sltnet.errors import SltnetError
 
 #: The 30 ImageNet VID classes as (WordNet id, readable name), in the devkit's class-index order.
-VID_CLASSES: Tuple[Tuple[str, str], ...] = (
+VID_CLASSES: tuple[tuple[str, str], ...] = (
     ("n02691156", "airplane"),
     ("n02419796", "antelope"),
     ("n02131653", "bear"),
@@ -63,13 +64,13 @@ VID_CLASSES: Tuple[Tuple[str, str], ...] = (
 )
 
 #: Devkit class index (1-based, also the ST-COCO category id) of each WordNet id.
-VID_CLASS_INDEX: Dict[str, int] = {wnid: index for index, (wnid, _) in enumerate(VID_CLASSES, start=1)}
+VID_CLASS_INDEX: dict[str, int] = {wnid: index for index, (wnid, _) in enumerate(VID_CLASSES, start=1)}
 
 #: Extension of the VID frame images.
 VID_IMAGE_EXTENSION = ".JPEG"
 
 
-def vid_categories() -> List[dict]:
+def vid_categories() -> list[dict]:
     """The ST-COCO categories of the VID classes: ids 1..30 in devkit order, with ``wnid``."""
     return [
         {"id": index, "name": name, "wnid": wnid, "supercategory": "vid"}
@@ -77,12 +78,12 @@ def vid_categories() -> List[dict]:
     ]
 
 
-def xml_box_to_coco(xmin: float, ymin: float, xmax: float, ymax: float) -> List[float]:
+def xml_box_to_coco(xmin: float, ymin: float, xmax: float, ymax: float) -> list[float]:
     """Inclusive-pixel VID box -> continuous COCO ``[x, y, w, h]`` (see the module docstring)."""
     return [xmin, ymin, xmax - xmin + 1.0, ymax - ymin + 1.0]
 
 
-def coco_box_to_xml(bbox: Sequence[float]) -> Tuple[float, float, float, float]:
+def coco_box_to_xml(bbox: Sequence[float]) -> tuple[float, float, float, float]:
     """Continuous COCO ``[x, y, w, h]`` -> inclusive-pixel ``(xmin, ymin, xmax, ymax)``; inverse of
     :func:`xml_box_to_coco`."""
     x, y, w, h = bbox
@@ -100,8 +101,7 @@ def derive_file_prefix(annotations_dir: str) -> str:
         if parts[start] == "Annotations" and parts[start + 1] == "VID":
             return normalize_file_prefix("/".join(parts[start + 2 :]))
     raise SltnetError(
-        f"{annotations_dir}: cannot derive the image path prefix (no Annotations/VID in the path); "
-        "pass --file-prefix"
+        f"{annotations_dir}: cannot derive the image path prefix (no Annotations/VID in the path); pass --file-prefix"
     )
 
 
@@ -111,9 +111,9 @@ def normalize_file_prefix(prefix: str) -> str:
     return stripped + "/" if stripped else ""
 
 
-def read_image_set(path: str) -> Dict[str, int]:
+def read_image_set(path: str) -> dict[str, int]:
     """Read a devkit image set (lines ``<video>/<frame> <index>``) into ``{key: frame_index}``."""
-    frame_index: Dict[str, int] = {}
+    frame_index: dict[str, int] = {}
     for line_number, fields in _read_lines(path):
         if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
             raise SltnetError(f"{path}: line {line_number}: expected '<video>/<frame> <index>'")
@@ -124,13 +124,13 @@ def read_image_set(path: str) -> Dict[str, int]:
     return frame_index
 
 
-def read_videos_list(path: str) -> List[str]:
+def read_videos_list(path: str) -> list[str]:
     """Read a list of videos: the first field of every non-empty line (so devkit ``train_<c>.txt``
     files with a label column work as they are)."""
     return [fields[0] for _, fields in _read_lines(path)]
 
 
-def _read_lines(path: str) -> Iterator[Tuple[int, List[str]]]:
+def _read_lines(path: str) -> Iterator[tuple[int, list[str]]]:
     """(1-based line number, whitespace-split fields) of every non-empty line of a text file."""
     try:
         with open(path, encoding="utf-8") as fp:
@@ -147,7 +147,7 @@ class VidObject(NamedTuple):
 
     category_id: int
     track_id: int
-    bbox: List[float]  # continuous [x, y, w, h], clipped to the image
+    bbox: list[float]  # continuous [x, y, w, h], clipped to the image
     occluded: int
     generated: int
 
@@ -157,11 +157,11 @@ class VidFrame(NamedTuple):
 
     width: int
     height: int
-    objects: List[VidObject]
+    objects: list[VidObject]
 
 
 def parse_vid_xml(path: str) -> VidFrame:
-    """Read one frame annotation XML (DESIGN C.2).
+    """Read one frame annotation XML (docs/data.md#imagenet-vid-formats).
 
     Boxes are converted with :func:`xml_box_to_coco` and clipped to the image. A missing
     ``<occluded>`` / ``<generated>`` counts as 0. Raises SltnetError naming the file for malformed XML,
@@ -216,7 +216,7 @@ def _text(element: ET.Element, tag: str, path: str) -> str:
     return text
 
 
-def _number(element: ET.Element, tag: str, path: str, default: Optional[float] = None) -> float:
+def _number(element: ET.Element, tag: str, path: str, default: float | None = None) -> float:
     if default is not None and element.find(tag) is None:
         return default
     text = _text(element, tag, path)
@@ -234,10 +234,10 @@ class VideoFolder(NamedTuple):
     sorted by frame number."""
 
     name: str
-    frames: List[Tuple[int, str]]
+    frames: list[tuple[int, str]]
 
 
-def find_video_folders(annotations_dir: str) -> List[VideoFolder]:
+def find_video_folders(annotations_dir: str) -> list[VideoFolder]:
     """Every folder below ``annotations_dir`` that holds ``.xml`` files, in sorted path order.
 
     Works for ``VID/val`` (videos directly below) and ``VID/train`` (videos one level deeper).
@@ -245,7 +245,7 @@ def find_video_folders(annotations_dir: str) -> List[VideoFolder]:
     """
     if not os.path.isdir(annotations_dir):
         raise SltnetError(f"{annotations_dir}: annotation folder does not exist")
-    videos: List[VideoFolder] = []
+    videos: list[VideoFolder] = []
     pending = [""]  # relative posix paths still to scan; a stack, so depth first in sorted order
     while pending:
         relative = pending.pop()
@@ -289,16 +289,16 @@ class _ImageRecord(NamedTuple):
     frame_number: int
     width: int
     height: int
-    frame_index: Optional[int]
+    frame_index: int | None
 
 
 def convert_vid_to_stcoco(
     annotations_dir: str,
     out_json: str,
-    split_name: Optional[str] = None,
-    image_set: Optional[str] = None,
-    videos_list: Optional[str] = None,
-    file_prefix: Optional[str] = None,
+    split_name: str | None = None,
+    image_set: str | None = None,
+    videos_list: str | None = None,
+    file_prefix: str | None = None,
 ) -> ConversionSummary:
     """Convert a VID annotation tree to one ST-COCO JSON file (written atomically).
 
@@ -321,8 +321,8 @@ def convert_vid_to_stcoco(
     frame_index = read_image_set(image_set) if image_set is not None else None
 
     unmatched_keys = set(frame_index or ())
-    images: List[_ImageRecord] = []
-    annotations: List[Tuple[int, VidObject]] = []  # (image id, object)
+    images: list[_ImageRecord] = []
+    annotations: list[tuple[int, VidObject]] = []  # (image id, object)
     videos_written = 0
     # The context manager closes the bar (ending its line) before an error message is printed.
     with tqdm(videos, desc="vid-to-stcoco", unit="video") as progress:
@@ -372,8 +372,8 @@ def convert_vid_to_stcoco(
 
 
 def _select_videos(
-    videos: List[VideoFolder], wanted: List[str], list_path: str, annotations_dir: str
-) -> List[VideoFolder]:
+    videos: list[VideoFolder], wanted: list[str], list_path: str, annotations_dir: str
+) -> list[VideoFolder]:
     by_name = {video.name: video for video in videos}
     for name in wanted:
         if name not in by_name:
@@ -410,7 +410,7 @@ def _annotation_entry(annotation_id: int, image_id: int, obj: VidObject) -> dict
     }
 
 
-def _write_json_object(fp: TextIO, head: dict, arrays: Dict[str, Iterable[dict]]) -> None:
+def _write_json_object(fp: TextIO, head: dict, arrays: dict[str, Iterable[dict]]) -> None:
     """Write ``{**head, **arrays}`` as JSON, serialising the arrays one entry at a time so that a
     million-frame dataset never exists as one big Python structure."""
     fp.write("{")
@@ -438,7 +438,7 @@ def _load_json(path: str) -> object:
         raise SltnetError(f"{path}: not valid JSON ({err})") from None
 
 
-def _vid_class_by_category(gt: dict, gt_json: str) -> Dict[int, int]:
+def _vid_class_by_category(gt: dict, gt_json: str) -> dict[int, int]:
     """{category id: devkit class index} from the ``wnid`` field of the GT categories."""
     categories = gt.get("categories")
     if not isinstance(categories, list):
@@ -457,7 +457,7 @@ def _vid_class_by_category(gt: dict, gt_json: str) -> Dict[int, int]:
     return class_index
 
 
-def _frame_index_by_image(gt: dict, gt_json: str, image_set: Optional[str]) -> Dict[int, int]:
+def _frame_index_by_image(gt: dict, gt_json: str, image_set: str | None) -> dict[int, int]:
     """{image id: devkit frame index}, from the images' ``frame_index`` or from ``image_set``."""
     images = gt.get("images")
     if not isinstance(images, list):
@@ -485,10 +485,8 @@ def _frame_index_by_image(gt: dict, gt_json: str, image_set: Optional[str]) -> D
     return frame_index
 
 
-def coco_results_to_vid(
-    detections_json: str, gt_json: str, out_txt: str, image_set: Optional[str] = None
-) -> int:
-    """Write COCO-format detections as devkit result lines (DESIGN C.2); returns the line count.
+def coco_results_to_vid(detections_json: str, gt_json: str, out_txt: str, image_set: str | None = None) -> int:
+    """Write COCO-format detections as devkit result lines (docs/data.md#imagenet-vid-formats); returns the line count.
 
     Each line is ``<frame_index> <class_index> <score> <xmin> <ymin> <xmax> <ymax>`` with the box in the
     XML convention (:func:`coco_box_to_xml`). ``frame_index`` comes from ``image_set`` when given, else
@@ -506,8 +504,7 @@ def coco_results_to_vid(
 
     with tqdm(detections, desc="to-vid", unit="det", mininterval=1.0) as progress:
         rows = [
-            _devkit_row(det, number, detections_json, frame_index, class_index)
-            for number, det in enumerate(progress)
+            _devkit_row(det, number, detections_json, frame_index, class_index) for number, det in enumerate(progress)
         ]
     rows.sort(key=lambda row: row[0])
     with atomic_output(out_txt) as fp:
@@ -517,8 +514,8 @@ def coco_results_to_vid(
 
 
 def _devkit_row(
-    det: object, number: int, detections_json: str, frame_index: Dict[int, int], class_index: Dict[int, int]
-) -> Tuple[int, int, float, float, float, float, float]:
+    det: object, number: int, detections_json: str, frame_index: dict[int, int], class_index: dict[int, int]
+) -> tuple[int, int, float, float, float, float, float]:
     where = f"{detections_json}: detection {number}"
     if not isinstance(det, dict) or not {"image_id", "category_id", "bbox", "score"} <= det.keys():
         raise SltnetError(f"{where}: needs image_id, category_id, bbox and score")

@@ -1,4 +1,4 @@
-"""The frame engine (DESIGN B.1): runs once per frame.
+"""The frame engine (docs/deployment.md#frame-engine): runs once per frame.
 
 Input ``image``: uint8 [1, 3, H_in, W_in] RGB at the export's fixed input size. Inside, exactly the
 PyTorch path of :class:`~sltnet.modeling.streaming.StreamingDetector`: :class:`ImagePreprocessor`
@@ -11,8 +11,6 @@ Outputs: ``features`` [1, C, H_m, W_m], the box head's FPN levels (P2 .. P5) sid
 one RoIAlign; ``objectness_logits`` [A] and ``boxes`` [A, 4] (decoded, unclipped, in the pixels of
 the resized frame before padding; the runtime scales detections back to the input size).
 """
-
-from typing import List, Tuple, Union
 
 from torch import Tensor, nn
 
@@ -33,28 +31,28 @@ class FrameEngine(nn.Module):
         preprocessor: the test-time image path.
     """
 
-    def __init__(self, model: Union[SLTnet, FasterRCNN], preprocessor: ImagePreprocessor) -> None:
+    def __init__(self, model: SLTnet | FasterRCNN, preprocessor: ImagePreprocessor) -> None:
         super().__init__()
         self.model = model
         self.preprocessor = preprocessor
 
     @property
-    def output_names(self) -> List[str]:
+    def output_names(self) -> list[str]:
         return list(FRAME_OUTPUTS)
 
-    def resized_size(self, input_size: Tuple[int, int]) -> Tuple[int, int]:
+    def resized_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
         """(height, width) of a frame of ``input_size`` after the resize, before padding."""
         return self.preprocessor.output_shape(*input_size)
 
-    def _run(self, image: Tensor) -> Tuple[List[Tensor], RPNOutputs]:
+    def _run(self, image: Tensor) -> tuple[list[Tensor], RPNOutputs]:
         return self.model.level_outputs(self.preprocessor.pad(self.preprocessor(image)))
 
-    def layout(self, image: Tensor) -> Tuple[List[int], LevelMosaic]:
+    def layout(self, image: Tensor) -> tuple[list[int], LevelMosaic]:
         """A split by RPN level and the feature mosaic's layout for images of ``image``'s size."""
         levels, rpn_outputs = self._run(image)
         return rpn_outputs.num_anchors_per_level, LevelMosaic(tuple(tuple(level.shape[2:]) for level in levels))
 
-    def forward(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """uint8 [1, 3, H_in, W_in] RGB → (features [1, C, H_m, W_m], logits [A], boxes [A, 4])."""
         levels, rpn_outputs = self._run(image)
         return build_mosaic(levels), rpn_outputs.objectness_logits[0], rpn_outputs.boxes[0]

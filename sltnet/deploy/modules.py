@@ -1,6 +1,6 @@
 """A model split into its two engines, at a fixed input size, set up as a manifest states."""
 
-from typing import List, NamedTuple, Tuple, Union
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -26,17 +26,17 @@ class EngineModules(NamedTuple):
 
     frame: FrameEngine
     temporal: TemporalEngine
-    input_size: Tuple[int, int]
-    resized_size: Tuple[int, int]
-    frame_inputs: List[Tensor]
-    temporal_inputs: List[Tensor]
+    input_size: tuple[int, int]
+    resized_size: tuple[int, int]
+    frame_inputs: list[Tensor]
+    temporal_inputs: list[Tensor]
 
 
-def _example_memory(temporal: TemporalEngine, like: Tensor) -> List[Tensor]:
+def _example_memory(temporal: TemporalEngine, like: Tensor) -> list[Tensor]:
     """K memory slots of plausible rows, half of them valid, so tracing sees the masked path used at
     run time; in input order (features, boxes, valid of slot 0, then slot 1, ...)."""
     generator = torch.Generator().manual_seed(0)
-    slots: List[Tensor] = []
+    slots: list[Tensor] = []
     for _ in range(temporal.num_keyframes):
         features, boxes, valid = temporal.empty_entry(like)
         features = torch.rand(features.shape, generator=generator).to(like)
@@ -48,9 +48,9 @@ def _example_memory(temporal: TemporalEngine, like: Tensor) -> List[Tensor]:
 
 
 def build_engine_modules(
-    model: Union[SLTnet, FasterRCNN],
+    model: SLTnet | FasterRCNN,
     preprocessor: ImagePreprocessor,
-    input_size: Tuple[int, int],
+    input_size: tuple[int, int],
     num_keyframes: int,
 ) -> EngineModules:
     """Split ``model`` (switched to inference mode) into its frame and temporal engines.
@@ -69,7 +69,7 @@ def build_engine_modules(
     resized_size = frame.resized_size(input_size)
     temporal = TemporalEngine(model, anchors_per_level, mosaic, resized_size, num_keyframes)
     by_name = dict(zip(frame.output_names, frame_outputs))
-    temporal_inputs: List[Tensor] = [
+    temporal_inputs: list[Tensor] = [
         by_name[output] for slot in range(temporal.window.size) for output in temporal.slot_outputs(slot)
     ]
     temporal_inputs += _example_memory(temporal, frame_outputs[-1])
@@ -88,7 +88,7 @@ def preprocessor_of(preprocessing: Preprocessing) -> ImagePreprocessor:
     )
 
 
-def configure_as_exported(model: Union[SLTnet, FasterRCNN], manifest: Manifest) -> None:
+def configure_as_exported(model: SLTnet | FasterRCNN, manifest: Manifest) -> None:
     """Give ``model`` every inference setting the manifest states (thresholds, proposal counts, window)
     in place of its own."""
     model.roi_heads.score_thresh = manifest.detections.score_thresh
@@ -100,14 +100,14 @@ def configure_as_exported(model: Union[SLTnet, FasterRCNN], manifest: Manifest) 
         model.window = manifest.frame_window
 
 
-def engine_modules_of(model: Union[SLTnet, FasterRCNN], manifest: Manifest) -> EngineModules:
+def engine_modules_of(model: SLTnet | FasterRCNN, manifest: Manifest) -> EngineModules:
     """The engines of ``model`` as the manifest describes them, at the manifest's input size."""
     configure_as_exported(model, manifest)
     preprocessor = preprocessor_of(manifest.input.preprocessing_in_frame_engine)
     return build_engine_modules(model, preprocessor, manifest.input.size, manifest.memory.num_keyframes)
 
 
-def streaming_detector_of(model: Union[SLTnet, FasterRCNN], manifest: Manifest) -> StreamingDetector:
+def streaming_detector_of(model: SLTnet | FasterRCNN, manifest: Manifest) -> StreamingDetector:
     """The PyTorch streaming detector that answers as the export's engines do."""
     configure_as_exported(model, manifest)
     memory = manifest.memory

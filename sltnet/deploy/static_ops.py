@@ -1,8 +1,8 @@
 """Static-shape versions of the data-dependent inference steps, for the exported temporal engine.
 
 The PyTorch model drops candidates by boolean indexing and returns as many tubelets and detections
-as survive. An engine needs shapes fixed at build time (DESIGN B), so here the same steps keep a
-fixed number of slots plus a validity mask:
+as survive. An engine needs shapes fixed at build time (docs/deployment.md#the-deployment-split), so here the
+same steps keep a fixed number of slots plus a validity mask:
 
 - NMS is one ONNX ``NonMaxSuppression`` node with constant parameters; its variable-length result
   never leaves the graph: it is scattered into a fixed-size "kept" mask, and a ``TopK`` with a
@@ -26,7 +26,8 @@ final NMS; this is the only place the engines may differ from PyTorch, and only 
 """
 
 import math
-from typing import List, NamedTuple, Sequence, Tuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -74,7 +75,7 @@ class _NonMaxSuppression(torch.autograd.Function):
 
 def masked_nms(
     boxes: Tensor, scores: Tensor, groups: Tensor, valid: Tensor, iou_threshold: float, k: int
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """NMS within groups over the valid boxes; the best ``k`` survivors, padded to exactly ``k``.
 
     Args:
@@ -101,7 +102,7 @@ def masked_nms(
 
 
 class FixedTubelets(NamedTuple):
-    """Tubelet proposals of one window in R fixed slots (DESIGN A.3).
+    """Tubelet proposals of one window in R fixed slots (docs/method.md#short-term-anchor-linking).
 
     Attributes:
         boxes: [N, R, 4] per frame, clipped; padding slots are zeros.
@@ -117,7 +118,7 @@ def link_tubelets_fixed(
     reference_logits: Tensor,
     num_anchors_per_level: Sequence[int],
     reference_index: int,
-    image_size: Tuple[int, int],
+    image_size: tuple[int, int],
     pre_nms_topk: int,
     post_nms_topk: int,
     nms_thresh: float,
@@ -155,16 +156,16 @@ class LevelMosaic(NamedTuple):
         shapes: (H_l, W_l) of each level, finest first.
     """
 
-    shapes: Tuple[Tuple[int, int], ...]
+    shapes: tuple[tuple[int, int], ...]
 
     @property
-    def offsets(self) -> List[int]:
+    def offsets(self) -> list[int]:
         """Left column of each level's block (the repeated border's column)."""
         widths = [width + 2 for _, width in self.shapes]
         return [sum(widths[:level]) for level in range(len(widths))]
 
     @property
-    def size(self) -> Tuple[int, int]:
+    def size(self) -> tuple[int, int]:
         """(height, width) of the mosaic."""
         return self.shapes[0][0] + 2, sum(width + 2 for _, width in self.shapes)
 
@@ -225,7 +226,7 @@ def postprocess_fixed(
     box_deltas: Tensor,
     proposals: Tensor,
     valid: Tensor,
-    image_size: Tuple[int, int],
+    image_size: tuple[int, int],
     *,
     box_coder: BoxCoder,
     score_thresh: float,

@@ -1,4 +1,4 @@
-"""The temporal engine (DESIGN B.2): runs once per reference frame.
+"""The temporal engine (docs/deployment.md#temporal-engine): runs once per reference frame.
 
 Inputs, every one a separate tensor so the runtime rotates the window by re-binding buffers:
 
@@ -24,7 +24,7 @@ static-shape tubelet linking, pooling and post-processing of :mod:`sltnet.deploy
 min(``RPN.POST_NMS_TOPK_TEST``, candidates) tubelet slots, P = min(``REF_POST_NMS_TOP_N``, R).
 """
 
-from typing import List, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -59,10 +59,10 @@ class TemporalEngine(nn.Module):
 
     def __init__(
         self,
-        model: Union[SLTnet, FasterRCNN],
+        model: SLTnet | FasterRCNN,
         num_anchors_per_level: Sequence[int],
         mosaic: LevelMosaic,
-        image_size: Tuple[int, int],
+        image_size: tuple[int, int],
         num_keyframes: int,
     ) -> None:
         super().__init__()
@@ -85,22 +85,24 @@ class TemporalEngine(nn.Module):
         """d, the width of memory features (SLTnet only)."""
         return self.model.st_cls_predictor.cls_score.in_features
 
-    def slot_outputs(self, slot: int) -> List[str]:
+    def slot_outputs(self, slot: int) -> list[str]:
         """The frame-engine outputs window slot ``slot`` binds: features and boxes of every frame; the
         objectness logits only of the reference frame, the one tubelet linking ranks anchors by."""
         logits = [OBJECTNESS_LOGITS] if slot == self.window.reference_position else []
         return [FEATURES, *logits, ANCHOR_BOXES]
 
     @property
-    def input_names(self) -> List[str]:
-        names = [slot_input_name(slot, output) for slot in range(self.window.size) for output in self.slot_outputs(slot)]
+    def input_names(self) -> list[str]:
+        names = [
+            slot_input_name(slot, output) for slot in range(self.window.size) for output in self.slot_outputs(slot)
+        ]
         return names + [memory_input_name(slot, part) for slot in range(self.num_keyframes) for part in MEMORY_PARTS]
 
     @property
-    def output_names(self) -> List[str]:
+    def output_names(self) -> list[str]:
         return list(DETECTION_OUTPUTS) + (list(ENTRY_OUTPUTS) if self.long_term else [])
 
-    def empty_entry(self, like: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def empty_entry(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """An all-invalid memory slot: features [P, d], boxes [P, 4], valid [P] bool."""
         return (
             like.new_zeros((self.entry_rows, self.feature_dim)),
@@ -108,7 +110,7 @@ class TemporalEngine(nn.Module):
             torch.zeros(self.entry_rows, dtype=torch.bool, device=like.device),
         )
 
-    def forward(self, *inputs: Tensor) -> Tuple[Tensor, ...]:
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         """Inputs and outputs in the order of :attr:`input_names` and :attr:`output_names`."""
         model, rpn, roi_heads = self.model, self.model.rpn, self.model.roi_heads
         named = dict(zip(self.input_names, inputs))

@@ -2,7 +2,7 @@
 
 import random
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, stream)
 
 
-def rng_state() -> Dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     """Every random generator a training run draws from."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -28,7 +28,7 @@ def rng_state() -> Dict[str, Any]:
     return state
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -36,7 +36,7 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(path: Path) -> Dict[str, Any]:
+def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`atomic_torch_save`; a bad file is a one-line error."""
     if not path.is_file():
         raise SltnetError(f"{path}: checkpoint not found")
@@ -46,7 +46,7 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
         raise SltnetError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
 
 
-def save_training_state(output_dir: Path, name: str, state: Dict[str, Any]) -> Path:
+def save_training_state(output_dir: Path, name: str, state: dict[str, Any]) -> Path:
     """Save ``state`` as ``output_dir/name`` and point ``last_checkpoint`` at it (both atomic)."""
     path = output_dir / name
     atomic_torch_save(state, path)
@@ -54,7 +54,7 @@ def save_training_state(output_dir: Path, name: str, state: Dict[str, Any]) -> P
     return path
 
 
-def last_checkpoint(output_dir: Path) -> Optional[Path]:
+def last_checkpoint(output_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run, or None when the run has none."""
     pointer = output_dir / LAST_CHECKPOINT_FILE
     if not pointer.is_file():

@@ -6,7 +6,7 @@ process and every helper answers for rank 0 of 1.
 """
 
 import os
-from typing import Any, Dict, List
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -81,7 +81,7 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def mean_over_processes(values: Dict[str, torch.Tensor]) -> Dict[str, float]:
+def mean_over_processes(values: dict[str, torch.Tensor]) -> dict[str, float]:
     """The mean of each scalar over all processes, as Python floats (every rank gets the same)."""
     names = sorted(values)
     stacked = torch.stack([values[name].detach().float() for name in names])
@@ -91,10 +91,10 @@ def mean_over_processes(values: Dict[str, torch.Tensor]) -> Dict[str, float]:
     return dict(zip(names, stacked.tolist()))
 
 
-def gather_objects(obj: Any) -> List[Any]:
+def gather_objects(obj: Any) -> list[Any]:
     """Every process's ``obj`` in rank order (picklable objects; a one-item list in a single process)."""
     if not dist.is_initialized():
         return [obj]
-    gathered: List[Any] = [None] * get_world_size()
+    gathered: list[Any] = [None] * get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered

@@ -2,7 +2,6 @@
 
 import json
 from pathlib import Path
-from typing import Dict
 
 
 class JsonLinesWriter:
@@ -12,7 +11,7 @@ class JsonLinesWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
 
-    def write(self, iteration: int, values: Dict[str, float]) -> None:
+    def write(self, iteration: int, values: dict[str, float]) -> None:
         record = {"iteration": iteration, **{key: float(value) for key, value in values.items()}}
         with self.path.open("a") as stream:
             stream.write(json.dumps(record, sort_keys=True) + "\n")

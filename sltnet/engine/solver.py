@@ -1,7 +1,7 @@
 """SGD with linear/constant warm-up and step decay, configured by detectron2's ``SOLVER.*`` keys."""
 
 import bisect
-from typing import Callable, List
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.SGD:
 
 
 def lr_factor(
-    iteration: int, steps: List[int], gamma: float, warmup_iters: int, warmup_factor: float, warmup_method: str
+    iteration: int, steps: list[int], gamma: float, warmup_iters: int, warmup_factor: float, warmup_method: str
 ) -> float:
     """Multiplier of the base learning rate at ``iteration`` (0-based): warm-up times step decay."""
     decay = gamma ** bisect.bisect_right(sorted(steps), iteration)

@@ -1,4 +1,4 @@
-"""The training loop (DESIGN A.7).
+"""The training loop (docs/method.md#two-stage-training).
 
 Stage 1 trains the single-frame baseline on single frames; stage 2 trains SLTnet's spatio-temporal
 head on groups of N (or 2N + 1) frames with long-term support groups, the rest of the network
@@ -22,8 +22,9 @@ bit on CPU; on CUDA up to the nondeterminism of some GPU kernels).
 
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any
 
 import torch
 from torch import nn
@@ -106,7 +107,7 @@ def train(
     log_period: int = 20,
     run_evaluation: bool = True,
     progress: bool = True,
-    stop_at: Optional[int] = None,
+    stop_at: int | None = None,
 ) -> TrainingResult:
     """Train the model ``cfg`` describes (stage 1 or 2 by ``MODEL.META_ARCHITECTURE``).
 
@@ -166,13 +167,13 @@ def train(
     if is_main_process():
         atomic_torch_save({"model": model.state_dict(), "iteration": iteration, "config": cfg.dump()}, final_weights)
         note(f"wrote {final_weights}")
-    metrics: Dict[str, Dict[str, Any]] = {}
+    metrics: dict[str, dict[str, Any]] = {}
     if run_evaluation and is_main_process():
         metrics = evaluate_trained_model(model, cfg, catalog, output_dir, progress)
     return TrainingResult(model, iteration, final_weights, metrics)
 
 
-def _checkpoint_to_resume(output_dir: Path, cfg: CfgNode, resume: bool) -> Optional[Tuple[Path, Dict[str, Any]]]:
+def _checkpoint_to_resume(output_dir: Path, cfg: CfgNode, resume: bool) -> tuple[Path, dict[str, Any]] | None:
     """``(path, state)`` of the checkpoint ``--resume`` continues from (None for a fresh run), its
     config checked."""
     path = last_checkpoint(output_dir)
@@ -186,8 +187,11 @@ def _checkpoint_to_resume(output_dir: Path, cfg: CfgNode, resume: bool) -> Optio
     if path is None:
         raise SltnetError(f"{output_dir}: no checkpoint to resume from (run without --resume to start training)")
     state = load_checkpoint(path)
-    missing = [key for key in ("model", "optimizer", "scheduler", "iteration", "data_position", "rng_states", "config")
-               if not isinstance(state, dict) or key not in state]
+    missing = [
+        key
+        for key in ("model", "optimizer", "scheduler", "iteration", "data_position", "rng_states", "config")
+        if not isinstance(state, dict) or key not in state
+    ]
     if missing:
         raise SltnetError(f"{path}: not a training checkpoint (no '{missing[0]}' entry)")
     check_same_model(state["config"], cfg, path)
@@ -216,8 +220,8 @@ def _build_solver(cfg: CfgNode, model: nn.Module, device: torch.device, amp: boo
 
 
 def _restore(
-    path: Path, checkpoint: Dict[str, Any], model: nn.Module, solver: Solver, max_iter: int
-) -> Tuple[int, int, List[Dict[str, Any]]]:
+    path: Path, checkpoint: dict[str, Any], model: nn.Module, solver: Solver, max_iter: int
+) -> tuple[int, int, list[dict[str, Any]]]:
     """Load a training checkpoint; returns (iteration, samples consumed, per-process RNG states)."""
     iteration = int(checkpoint["iteration"])
     if iteration > max_iter:
@@ -231,7 +235,7 @@ def _restore(
     return iteration, int(checkpoint["data_position"]["samples_seen"]), checkpoint["rng_states"]
 
 
-def _restore_rng(rng_states: List[Dict[str, Any]], fallback_seed: int) -> None:
+def _restore_rng(rng_states: list[dict[str, Any]], fallback_seed: int) -> None:
     """Give every process the generators it had at the checkpoint; with another number of
     processes than the checkpointed run, reseed instead (the run continues, no longer exactly)."""
     rank, world_size = get_rank(), get_world_size()
@@ -311,11 +315,11 @@ class _TrainingLoop:
         self.metrics = JsonLinesWriter(output_dir / METRICS_FILE) if is_main_process() else None
 
     def run(
-        self, batches: Iterator[List[TrainingGroup]], start: int, samples_seen: int, stop: int, progress: bool
+        self, batches: Iterator[list[TrainingGroup]], start: int, samples_seen: int, stop: int, progress: bool
     ) -> int:
         """Iterations ``start`` .. ``stop`` - 1; returns the number of completed iterations."""
         max_iter = self.cfg.SOLVER.MAX_ITER
-        window: Dict[str, float] = {}
+        window: dict[str, float] = {}
         window_size, window_start = 0, time.perf_counter()
         iteration = start
         with tqdm(total=max_iter, initial=start, desc="training", unit="it", disable=not progress) as bar:
@@ -337,7 +341,7 @@ class _TrainingLoop:
                     self.save(iteration, samples_seen)
         return iteration
 
-    def step(self, groups: List[TrainingGroup], iteration: int) -> Dict[str, float]:
+    def step(self, groups: list[TrainingGroup], iteration: int) -> dict[str, float]:
         """One SGD step; returns the losses (means over processes) as floats."""
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             losses = self.losses_module(groups)
@@ -357,7 +361,7 @@ class _TrainingLoop:
         self.solver.scheduler.step()
         return values
 
-    def _log(self, iteration: int, losses: Dict[str, float], lr: float, seconds: float) -> None:
+    def _log(self, iteration: int, losses: dict[str, float], lr: float, seconds: float) -> None:
         if self.metrics is not None:
             self.metrics.write(iteration, {**losses, "lr": lr, "seconds_per_iter": seconds})
 

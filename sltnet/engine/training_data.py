@@ -5,8 +5,8 @@ draws no random numbers, so a resumed run sees exactly the samples an uninterrup
 process takes its slice of every iteration's global batch.
 """
 
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -71,9 +71,9 @@ class TrainingSampleStream(Dataset):
         self.preprocessor = preprocessor
         self.seed = seed
         self.epoch_length = sum(len(sampler) for sampler in self.samplers)
-        self._cached_epoch: Tuple[int, List[Tuple[int, TrainingSample]]] = (-1, [])
+        self._cached_epoch: tuple[int, list[tuple[int, TrainingSample]]] = (-1, [])
 
-    def epoch(self, epoch: int) -> List[Tuple[int, TrainingSample]]:
+    def epoch(self, epoch: int) -> list[tuple[int, TrainingSample]]:
         """``(dataset index, sample)`` of one epoch, in training order."""
         if self._cached_epoch[0] != epoch:
             samples = [
@@ -84,7 +84,7 @@ class TrainingSampleStream(Dataset):
             self._cached_epoch = (epoch, [samples[i] for i in order])
         return self._cached_epoch[1]
 
-    def position(self, index: int) -> Tuple[int, int]:
+    def position(self, index: int) -> tuple[int, int]:
         """``(epoch, position in the epoch)`` of stream sample ``index``."""
         return divmod(index, self.epoch_length)
 
@@ -94,7 +94,7 @@ class TrainingSampleStream(Dataset):
         return load_training_group(sample, self.image_roots[dataset_index], self.preprocessor)
 
 
-class RankBatchSampler(Sampler[List[int]]):
+class RankBatchSampler(Sampler[list[int]]):
     """Stream indices of this process's share of each iteration's batch.
 
     Iteration ``i`` (counted from the start of this sampler) takes the global batch
@@ -118,13 +118,13 @@ class RankBatchSampler(Sampler[List[int]]):
     def __len__(self) -> int:
         return self.num_iterations
 
-    def __iter__(self) -> Iterator[List[int]]:
+    def __iter__(self) -> Iterator[list[int]]:
         for iteration in range(self.num_iterations):
             start = self.first_sample + iteration * self.global_batch + self.offset
             yield list(range(start, start + self.per_process))
 
 
-def load_training_datasets(cfg: CfgNode, catalog: DatasetCatalog) -> List[StCocoDataset]:
+def load_training_datasets(cfg: CfgNode, catalog: DatasetCatalog) -> list[StCocoDataset]:
     """``DATASETS.TRAIN``, each checked to have ``MODEL.ROI_HEADS.NUM_CLASSES`` classes and the same class names."""
     if not cfg.DATASETS.TRAIN:
         raise SltnetError("DATASETS.TRAIN is empty: name at least one training dataset")
@@ -149,7 +149,7 @@ def move_group(group: TrainingGroup, device: torch.device) -> TrainingGroup:
     return replace(group, **_frame_group_tensors(group, device), support=support)
 
 
-def _frame_group_tensors(group: FrameGroup, device: torch.device) -> Dict[str, torch.Tensor]:
+def _frame_group_tensors(group: FrameGroup, device: torch.device) -> dict[str, torch.Tensor]:
     return {
         "images": group.images.to(device, non_blocking=True),
         "boxes": group.boxes.to(device, non_blocking=True),

@@ -4,7 +4,7 @@
 
 import os
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 from torch import nn
 from yacs.config import CfgNode
@@ -21,14 +21,14 @@ FINAL_METRICS_FILE = "metrics_final.json"
 
 def evaluate_trained_model(
     model: nn.Module, cfg: CfgNode, catalog: DatasetCatalog, output_dir: Path, progress: bool = True
-) -> Dict[str, Dict[str, Any]]:
+) -> dict[str, dict[str, Any]]:
     """Detect and score every ``DATASETS.TEST`` dataset whose annotation file exists; print the
     tables and write ``OUTPUT_DIR/metrics_final.json`` (``{dataset name: metrics}``).
 
     Returns:
         The metrics per dataset name (empty when no test dataset is available).
     """
-    results: Dict[str, Dict[str, Any]] = {}
+    results: dict[str, dict[str, Any]] = {}
     for name in cfg.DATASETS.TEST:
         image_root, json_path = catalog.get(name)
         if not os.path.isfile(json_path):

@@ -6,9 +6,10 @@ import json
 import math
 import random
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ class TrainingLosses(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, groups: List[TrainingGroup]) -> Dict[str, torch.Tensor]:
+    def forward(self, groups: list[TrainingGroup]) -> dict[str, torch.Tensor]:
         return self.model.training_losses(groups)
 
 
@@ -58,13 +59,14 @@ class TrainingResult(NamedTuple):
 
     model: nn.Module
     iteration: int
-    final_weights: Optional[Path]
-    metrics: Dict[str, Dict[str, Any]]
+    final_weights: Path | None
+    metrics: dict[str, dict[str, Any]]
 
 
-def _flat_model_keys(config_yaml: str) -> Dict[str, Any]:
+def _flat_model_keys(config_yaml: str) -> dict[str, Any]:
     """``MODEL.*`` leaves of a dumped config, by dotted path."""
-    def flatten(node: CfgNode, prefix: str) -> Iterator[Tuple[str, Any]]:
+
+    def flatten(node: CfgNode, prefix: str) -> Iterator[tuple[str, Any]]:
         for key, value in node.items():
             if isinstance(value, CfgNode):
                 yield from flatten(value, f"{prefix}{key}.")

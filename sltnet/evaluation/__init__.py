@@ -1,4 +1,4 @@
-"""Detection metrics: VID mAP@0.5 with the motion-speed breakdown, and COCO AP (DESIGN C.3)."""
+"""Detection metrics: VID mAP@0.5 with the motion-speed breakdown, and COCO AP (docs/metrics.md#the-metrics)."""
 
 from sltnet.evaluation.detections import Detections, load_detections, parse_detections
 from sltnet.evaluation.report import evaluate, format_table, write_metrics

@@ -1,8 +1,9 @@
-"""COCO box AP (AP, AP50, AP75, APs, APm, APl) through pycocotools (DESIGN C.3)."""
+"""COCO box AP (AP, AP50, AP75, APs, APm, APl) through pycocotools (docs/metrics.md#the-metrics)."""
 
 import contextlib
 import io
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -20,7 +21,7 @@ def _xywh(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
 
 
-def _coco_from_dict(content: Dict[str, Any]) -> COCO:
+def _coco_from_dict(content: dict[str, Any]) -> COCO:
     """An in-memory COCO object, without writing or re-reading a file."""
     coco = COCO()
     coco.dataset = content
@@ -29,7 +30,7 @@ def _coco_from_dict(content: Dict[str, Any]) -> COCO:
     return coco
 
 
-def _annotations(image_ids: np.ndarray, category_ids: np.ndarray, boxes: np.ndarray) -> List[Dict[str, Any]]:
+def _annotations(image_ids: np.ndarray, category_ids: np.ndarray, boxes: np.ndarray) -> list[dict[str, Any]]:
     xywh = _xywh(boxes)
     # Box-only annotations: the area COCO ranks as small/medium/large is the box area. Ids start at 1
     # because COCOeval stores the matched id and reads 0 as "unmatched".
@@ -42,7 +43,7 @@ def _annotations(image_ids: np.ndarray, category_ids: np.ndarray, boxes: np.ndar
 
 def coco_metrics(
     ground_truth: GroundTruthTable, category_ids: Sequence[int], detections: Detections
-) -> Dict[str, Optional[float]]:
+) -> dict[str, float | None]:
     """COCO AP of ``detections``.
 
     Args:

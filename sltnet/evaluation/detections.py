@@ -4,7 +4,7 @@ import json
 import math
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -47,8 +47,8 @@ def _parse_result(
     result: Any,
     where: str,
     image_ids: set,
-    category_id_to_class: Dict[int, int],
-) -> Tuple[int, int, List[float], float]:
+    category_id_to_class: dict[int, int],
+) -> tuple[int, int, list[float], float]:
     """Check one COCO result entry; return (image_id, class index, [x, y, w, h], score)."""
     if not isinstance(result, dict):
         raise SltnetError(f"{where}: not a JSON object (expected fields {', '.join(RESULT_FIELDS)})")

@@ -1,17 +1,18 @@
 """Run a streaming detector over a dataset in video order and collect COCO-format results."""
 
 import os
-from typing import Dict, List, Optional, Protocol, Sequence, Union
+from collections.abc import Sequence
+from typing import Protocol
 
 from torch import Tensor
 from tqdm import tqdm
 from yacs.config import CfgNode
 
+from sltnet.contract import FrameResult
 from sltnet.data.records import StCocoDataset
 from sltnet.data.transforms import read_image
 from sltnet.modeling.baseline import FasterRCNN
 from sltnet.modeling.sltnet import SLTnet
-from sltnet.contract import FrameResult
 from sltnet.modeling.streaming import StreamingDetector
 
 
@@ -20,24 +21,24 @@ class Streamer(Protocol):
 
     def reset(self) -> None: ...
 
-    def push(self, image: Tensor) -> List[FrameResult]: ...
+    def push(self, image: Tensor) -> list[FrameResult]: ...
 
-    def flush(self) -> List[FrameResult]: ...
+    def flush(self) -> list[FrameResult]: ...
 
 
 def stream_dataset(
     streamer: Streamer, dataset: StCocoDataset, progress: bool = True, description: str = "inference"
-) -> Dict[int, FrameResult]:
-    """Stream every video of ``dataset`` (DESIGN A.2 order and padding), each from a cleared state.
+) -> dict[int, FrameResult]:
+    """Stream every video of ``dataset`` (docs/method.md#frame-window), each from a cleared state.
 
     Returns:
         every frame's result, by COCO image id.
     """
-    results: Dict[int, FrameResult] = {}
+    results: dict[int, FrameResult] = {}
     with tqdm(total=len(dataset), desc=description, unit="frame", disable=not progress) as bar:
         for video in dataset.videos:
             streamer.reset()
-            answered: List[FrameResult] = []
+            answered: list[FrameResult] = []
             for frame in video.frames:
                 answered += streamer.push(read_image(os.path.join(dataset.image_root, frame.file_name)))
                 bar.update(1)
@@ -46,7 +47,7 @@ def stream_dataset(
     return results
 
 
-def coco_results(results: Dict[int, FrameResult], category_ids: Sequence[int]) -> List[dict]:
+def coco_results(results: dict[int, FrameResult], category_ids: Sequence[int]) -> list[dict]:
     """``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` per detection, with the
     dataset's own category ids (``category_ids[k]`` of class k)."""
     entries = []
@@ -66,12 +67,12 @@ def coco_results(results: Dict[int, FrameResult], category_ids: Sequence[int]) -
 
 
 def detect_dataset(
-    model: Union[SLTnet, FasterRCNN],
+    model: SLTnet | FasterRCNN,
     cfg: CfgNode,
     dataset: StCocoDataset,
     progress: bool = True,
-    score_thresh: Optional[float] = None,
-) -> List[dict]:
+    score_thresh: float | None = None,
+) -> list[dict]:
     """The PyTorch model's COCO results on every frame of ``dataset`` (see :func:`coco_results`)."""
     detector = StreamingDetector.from_config(model, cfg, score_thresh)
     return coco_results(stream_dataset(detector, dataset, progress), dataset.category_ids)

@@ -1,4 +1,4 @@
-"""VID mAP by object speed (the FGFA protocol, DESIGN C.3).
+"""VID mAP by object speed (the FGFA protocol, docs/metrics.md#the-metrics).
 
 A GT's motion IoU is its mean IoU with the same track (same video and track id) in the frames whose
 ``frame_number`` lies within ±10 of its own, itself excluded. Slow: > 0.9, medium: 0.7 to 0.9 (both
@@ -19,7 +19,7 @@ Where FGFA's motion-IoU file and its ``vid_eval_motion`` leave choices, this mod
 """
 
 import itertools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -1,7 +1,8 @@
 """All metrics of a set of detections in one dictionary, as a printed table and as a JSON file."""
 
 import json
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from sltnet.evaluation.motion import (
 from sltnet.evaluation.vid_map import ground_truth_table, match_detections, vid_average_precisions
 
 
-def _class_summary(aps: np.ndarray, class_names: Sequence[str]) -> Dict[str, Any]:
+def _class_summary(aps: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
     """mAP over the classes that have ground truth, and every class's AP (None: no ground truth)."""
     scored = aps[~np.isnan(aps)]
     return {
@@ -30,7 +31,7 @@ def _class_summary(aps: np.ndarray, class_names: Sequence[str]) -> Dict[str, Any
     }
 
 
-def evaluate(dataset: StCocoDataset, detections: Detections) -> Dict[str, Any]:
+def evaluate(dataset: StCocoDataset, detections: Detections) -> dict[str, Any]:
     """Score detections on a dataset: VID mAP@0.5, its slow/medium/fast breakdown and COCO AP.
 
     Returns:
@@ -69,7 +70,7 @@ def evaluate(dataset: StCocoDataset, detections: Detections) -> Dict[str, Any]:
     }
 
 
-def subset_map(dataset: StCocoDataset, detections: Detections, counted: np.ndarray) -> Optional[float]:
+def subset_map(dataset: StCocoDataset, detections: Detections, counted: np.ndarray) -> float | None:
     """VID mAP@0.5 counting only some ground-truth boxes; the others are ignored as in the speed
     breakdown (finding them is neither a TP nor an FP).
 
@@ -83,11 +84,11 @@ def subset_map(dataset: StCocoDataset, detections: Detections, counted: np.ndarr
     return _class_summary(aps, dataset.class_names)["mAP"]
 
 
-def _percent(value: Optional[float]) -> str:
+def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100.0 * value:.1f}"
 
 
-def _rows(header: Sequence[str], rows: List[Sequence[str]]) -> List[str]:
+def _rows(header: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
     """Left-aligned first column, right-aligned others, widths fitted to the content."""
     table = [list(header)] + [list(row) for row in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -97,7 +98,7 @@ def _rows(header: Sequence[str], rows: List[Sequence[str]]) -> List[str]:
     ]
 
 
-def format_table(metrics: Dict[str, Any]) -> str:
+def format_table(metrics: dict[str, Any]) -> str:
     """The metrics of :func:`evaluate` as text: a summary, then one line per class (APs in percent)."""
     summary = [("VID mAP@0.5", _percent(metrics["vid"]["mAP"]), str(metrics["num_ground_truth"]))]
     summary += [
@@ -128,7 +129,7 @@ def format_table(metrics: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_metrics(metrics: Dict[str, Any], path: str) -> None:
+def write_metrics(metrics: dict[str, Any], path: str) -> None:
     """Write the metrics as JSON atomically: a complete file or none.
 
     Raises:

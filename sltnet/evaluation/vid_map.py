@@ -1,4 +1,5 @@
-"""ImageNet VID mAP@0.5 (DESIGN C.3): the ILSVRC devkit's matching rule and VOC-style average precision.
+"""ImageNet VID mAP@0.5 (docs/metrics.md#the-metrics): the ILSVRC devkit's matching rule and VOC-style average
+precision.
 
 Box convention: the devkit works on inclusive integer pixel indices (XML ``xmin..xmax``) and so adds one
 pixel to every width, height and intersection. ST-COCO boxes and detections are continuous
@@ -9,7 +10,6 @@ adding the pixel again would enlarge every box by one.
 """
 
 from dataclasses import dataclass
-from typing import Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -110,7 +110,7 @@ def match_frame(
     det_classes: np.ndarray,
     gt_boxes: np.ndarray,
     gt_classes: np.ndarray,
-) -> Tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Match one frame's detections to its GTs with the devkit's greedy rule.
 
     Detections are taken by descending score; each takes, among the GTs of its class not yet taken whose
@@ -253,4 +253,3 @@ def vid_average_precisions(
         1.0 - true_positive,
         np.bincount(ground_truth.classes, minlength=num_classes),
     )
-

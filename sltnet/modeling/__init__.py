@@ -1,1 +1,1 @@
-"""SLTnet model components (DESIGN Part A)."""
+"""SLTnet model components (docs/method.md)."""

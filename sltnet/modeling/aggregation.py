@@ -1,8 +1,8 @@
-"""Tubelet features (DESIGN A.4): pool each frame's box on that frame's features, then aggregate the
-window's RoI features into one feature map per tubelet."""
+"""Tubelet features (docs/method.md#tubelet-features-and-aggregation): pool each frame's box on that frame's
+features, then aggregate the window's RoI features into one feature map per tubelet."""
 
 import functools
-from typing import List, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,11 +11,11 @@ from torch import Tensor, nn
 from sltnet.modeling.poolers import MultiLevelRoIAlign
 
 
-def pool_tubelets(pooler: MultiLevelRoIAlign, features: List[Tensor], tubelet_boxes: Tensor) -> Tensor:
+def pool_tubelets(pooler: MultiLevelRoIAlign, features: list[Tensor], tubelet_boxes: Tensor) -> Tensor:
     """RoIAlign every tubelet box on the features of its own frame.
 
     Args:
-        pooler: the box head's multi-level RoIAlign (DESIGN A.1).
+        pooler: the box head's multi-level RoIAlign (docs/method.md#single-frame-baseline).
         features: one [N, C, H_l, W_l] tensor per FPN level; batch item f holds frame f of the window.
         tubelet_boxes: [N, R, 4] boxes (x1, y1, x2, y2), one per frame and tubelet.
     Returns:
@@ -26,7 +26,7 @@ def pool_tubelets(pooler: MultiLevelRoIAlign, features: List[Tensor], tubelet_bo
     return pooled.view(num_frames, num_tubelets, *pooled.shape[1:])
 
 
-def max_aggregation(tubelet_features: Union[Tensor, Sequence[Tensor]]) -> Tensor:
+def max_aggregation(tubelet_features: Tensor | Sequence[Tensor]) -> Tensor:
     """Element-wise maximum over the frames.
 
     Args:
@@ -74,7 +74,7 @@ class TubeletAggregation(nn.Module):
             raise ValueError(f"unknown aggregation {method!r}, expected one of: {', '.join(AGGREGATION_METHODS)}")
         self.method = method
 
-    def forward(self, tubelet_features: Union[Tensor, Sequence[Tensor]], reference_index: int) -> Tensor:
+    def forward(self, tubelet_features: Tensor | Sequence[Tensor], reference_index: int) -> Tensor:
         """[N, R, C, S, S] pooled tubelet features (or the N frames' [R, C, S, S]) -> [R, C, S, S]."""
         if self.method == "adaptive":
             stacked = tubelet_features if isinstance(tubelet_features, Tensor) else torch.stack(list(tubelet_features))

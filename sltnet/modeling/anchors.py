@@ -1,4 +1,4 @@
-"""Anchors of the RPN (DESIGN A.1).
+"""Anchors of the RPN (docs/method.md#single-frame-baseline).
 
 Within a level, anchors are ordered (y, x, anchor) row-major: all anchors of location (0, 0), then
 (0, 1), ...; at each location the cell anchors in (size, aspect ratio) order, i.e. aspect ratios
@@ -10,7 +10,7 @@ detectron2, whose trained weights expect the exact shapes.
 """
 
 import math
-from typing import List, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -64,7 +64,7 @@ class AnchorGenerator(nn.Module):
     def num_anchors_per_location(self) -> int:
         return self.cell_anchors.shape[1]
 
-    def forward(self, features: List[Tensor]) -> List[Tensor]:
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
         """Anchors of each level.
 
         Args:

@@ -1,15 +1,15 @@
-"""Relation attention of the long-term self-guided attention head (DESIGN A.5): box geometry, its
-sinusoidal embedding and the multi-head attention with a geometric prior (Hu et al. 2018)."""
+"""Relation attention of the long-term self-guided attention head
+(docs/method.md#long-term-self-guided-attention): box geometry, its sinusoidal embedding and the multi-head
+attention with a geometric prior (Hu et al. 2018)."""
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Offsets and scales of DESIGN A.5: the 1e-3 keeps log finite for coincident centres, the 1e-6 keeps
-# log finite where the geometric weight is zero.
+# Offsets and scales of docs/method.md#long-term-self-guided-attention: the 1e-3 keeps log finite for
+# coincident centres, the 1e-6 keeps log finite where the geometric weight is zero.
 CENTRE_OFFSET_EPS = 1e-3
 GEOMETRIC_WEIGHT_EPS = 1e-6
 EMBEDDING_WAVE_LENGTH = 1000.0
@@ -87,7 +87,7 @@ def project_geometry_embedding(geometry: Tensor, weight: Tensor, bias: Tensor) -
     return F.linear(phases.sin(), sine_weight, bias) + F.linear(phases.cos(), cosine_weight)
 
 
-def attention_bias(geometric_weights: Optional[Tensor] = None, key_mask: Optional[Tensor] = None) -> Optional[Tensor]:
+def attention_bias(geometric_weights: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor | None:
     """The term :func:`relation_attention` adds to its logits: log(w_g + 1e-6) for a geometric prior
     and -inf for references to ignore.
 
@@ -108,7 +108,7 @@ def attention_bias(geometric_weights: Optional[Tensor] = None, key_mask: Optiona
 
 
 def relation_attention(
-    queries: Tensor, keys: Tensor, values: Tensor, num_heads: int, logit_bias: Optional[Tensor] = None
+    queries: Tensor, keys: Tensor, values: Tensor, num_heads: int, logit_bias: Tensor | None = None
 ) -> Tensor:
     """Multi-head attention with an optional additive logit term, one output per head.
 

@@ -1,4 +1,4 @@
-"""ResNet / ResNeXt bottom-up network and FPN (DESIGN A.1).
+"""ResNet / ResNeXt bottom-up network and FPN (docs/method.md#single-frame-baseline).
 
 State-dict names (under the detector's ``backbone.`` prefix):
 
@@ -16,7 +16,7 @@ Every BatchNorm is a ``FrozenBatchNorm2d``: fixed statistics and affine paramete
 import os
 import re
 from collections import OrderedDict
-from typing import Dict, Optional, Sequence, Type, Union
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -83,19 +83,19 @@ class ResNet(nn.Module):
         width_per_group: int = 64,
         stride_in_1x1: bool = True,
         stem_out_channels: int = 64,
-        res2_out_channels: Optional[int] = None,
+        res2_out_channels: int | None = None,
     ) -> None:
         super().__init__()
         self.depth = depth
         self.out_features = list(out_features)
         if depth >= 50:
-            block: Type[Union[BasicBlock, Bottleneck]] = MsraBottleneck if stride_in_1x1 else Bottleneck
+            block: type[BasicBlock | Bottleneck] = MsraBottleneck if stride_in_1x1 else Bottleneck
         else:
             block = BasicBlock
         if res2_out_channels is None:
             res2_out_channels = 64 * block.expansion
         self.stem = BasicStem(stem_out_channels)
-        self.out_channels: Dict[str, int] = {}
+        self.out_channels: dict[str, int] = {}
         in_channels = stem_out_channels
         num_stages = max(STAGE_NAMES.index(name) for name in self.out_features) + 1
         self.stage_names = list(STAGE_NAMES[:num_stages])
@@ -129,7 +129,7 @@ class ResNet(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
         """[B, 3, H, W] -> {stage name: [B, C_s, H / stride_s, W / stride_s]} for ``out_features``."""
         outputs = {}
         x = self.stem(x)
@@ -214,7 +214,7 @@ class FPNBackbone(nn.Module):
         self.out_features = [f"p{level}" for level in levels] + [f"p{levels[-1] + 1}"]
         self.out_strides = {f"p{level}": 2**level for level in levels + [levels[-1] + 1]}
 
-    def forward(self, images: Tensor) -> Dict[str, Tensor]:
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
         """[B, 3, H, W] (H, W multiples of 32) -> {"p2": [B, C, H/4, W/4], ..., "p6": [B, C, H/64, W/64]}."""
         bottom_up_features = self.bottom_up(images)
         fpn_input = OrderedDict((name, bottom_up_features[name]) for name in self.in_features)

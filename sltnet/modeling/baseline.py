@@ -1,4 +1,4 @@
-"""The single-frame Faster R-CNN + FPN detector (DESIGN A.1), stage 1 of SLTnet training.
+"""The single-frame Faster R-CNN + FPN detector (docs/method.md#single-frame-baseline), stage 1 of SLTnet training.
 
 Module tree and state-dict prefixes:
 
@@ -13,7 +13,7 @@ order, zero-padded at the bottom/right to a multiple of 32, plus each image's (h
 padding. Boxes in and out are (x1, y1, x2, y2) in the pixels of that input.
 """
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 from yacs.config import CfgNode
@@ -51,7 +51,7 @@ class FasterRCNN(nn.Module):
 
     is_temporal = False
 
-    def level_outputs(self, images: Tensor) -> Tuple[List[Tensor], RPNOutputs]:
+    def level_outputs(self, images: Tensor) -> tuple[list[Tensor], RPNOutputs]:
         """Backbone + RPN of a batch.
 
         Args:
@@ -63,7 +63,7 @@ class FasterRCNN(nn.Module):
         rpn_outputs = self.rpn([features[name] for name in self.rpn_in_features])
         return [features[name] for name in self.roi_in_features], rpn_outputs
 
-    def training_losses(self, groups: Sequence[FrameGroup]) -> Dict[str, Tensor]:
+    def training_losses(self, groups: Sequence[FrameGroup]) -> dict[str, Tensor]:
         """Stage-1 losses of a batch of one-frame groups (the reference frame of each is used).
 
         The images are zero-padded to the largest one so they form one batch.
@@ -80,9 +80,9 @@ class FasterRCNN(nn.Module):
     def forward(
         self,
         images: Tensor,
-        image_sizes: Sequence[Tuple[int, int]],
-        targets: Optional[Sequence[Dict[str, Tensor]]] = None,
-    ) -> Union[Dict[str, Tensor], List[Dict[str, Tensor]]]:
+        image_sizes: Sequence[tuple[int, int]],
+        targets: Sequence[dict[str, Tensor]] | None = None,
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses in training mode, detections otherwise.
 
         Args:

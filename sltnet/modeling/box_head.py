@@ -1,4 +1,5 @@
-"""Box head of the second stage (DESIGN A.1): RoI sampling, 2-FC head, predictor, losses, inference.
+"""Box head of the second stage (docs/method.md#single-frame-baseline): RoI sampling, 2-FC head, predictor,
+losses, inference.
 
 State-dict names (under the detector's ``roi_heads.`` prefix): ``box_head.fc1``, ``box_head.fc2``
 (the two FC layers), ``box_predictor.cls_score`` (K + 1 logits, background last) and
@@ -9,7 +10,8 @@ indices it sampled (to apply them to every frame of a tubelet), and :func:`postp
 takes class probabilities, so the double head can pass fused ones.
 """
 
-from typing import Dict, List, NamedTuple, Sequence, Tuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -50,7 +52,7 @@ class BoxPredictor(nn.Module):
         for layer in (self.cls_score, self.bbox_pred):
             nn.init.constant_(layer.bias, 0)
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """[R, D] -> class logits [R, K + 1], box deltas [R, 4K]."""
         return self.cls_score(x), self.bbox_pred(x)
 
@@ -116,7 +118,7 @@ def box_head_losses(
     gt_boxes: Tensor,
     box_coder: BoxCoder,
     smooth_l1_beta: float,
-) -> Dict[str, Tensor]:
+) -> dict[str, Tensor]:
     """Cross-entropy over all sampled RoIs and smooth L1 on the foreground class's deltas.
 
     Args:
@@ -156,11 +158,11 @@ def detection_candidates(
     class_probs: Tensor,
     box_deltas: Tensor,
     proposals: Tensor,
-    image_size: Tuple[int, int],
+    image_size: tuple[int, int],
     *,
     box_coder: BoxCoder,
     score_thresh: float,
-) -> Tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Every (RoI, class) pair as a candidate detection, before NMS.
 
     Args:
@@ -185,14 +187,14 @@ def postprocess_detections(
     class_probs: Tensor,
     box_deltas: Tensor,
     proposals: Tensor,
-    image_size: Tuple[int, int],
+    image_size: tuple[int, int],
     *,
     box_coder: BoxCoder,
     score_thresh: float,
     nms_thresh: float,
     topk: int,
 ) -> Detections:
-    """Final detections of one image (DESIGN A.1 inference).
+    """Final detections of one image (docs/method.md#single-frame-baseline).
 
     The candidates of :func:`detection_candidates` are kept; NMS runs per class; the best ``topk``
     remain.
@@ -259,7 +261,7 @@ class RoIHeads(nn.Module):
     def num_classes(self) -> int:
         return self.box_predictor.cls_score.out_features - 1
 
-    def forward(self, features: List[Tensor], rois: List[Tensor]) -> Tuple[Tensor, Tensor]:
+    def forward(self, features: list[Tensor], rois: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Class logits [sum R_i, K + 1] and box deltas [sum R_i, 4K] of B images' RoIs.
 
         Args:
@@ -269,8 +271,8 @@ class RoIHeads(nn.Module):
         return self.box_predictor(self.box_head(self.box_pooler(features, rois)))
 
     def losses(
-        self, features: List[Tensor], proposals: List[Tensor], gt_boxes: List[Tensor], gt_classes: List[Tensor]
-    ) -> Dict[str, Tensor]:
+        self, features: list[Tensor], proposals: list[Tensor], gt_boxes: list[Tensor], gt_classes: list[Tensor]
+    ) -> dict[str, Tensor]:
         """Sample RoIs per image (:func:`sample_rois`) and return :func:`box_head_losses`."""
         samples = [
             sample_rois(p, b, c, self.matcher, self.sampler, self.num_classes, self.append_gt)
@@ -288,8 +290,8 @@ class RoIHeads(nn.Module):
         )
 
     def inference(
-        self, features: List[Tensor], proposals: List[Tensor], image_sizes: Sequence[Tuple[int, int]]
-    ) -> List[Detections]:
+        self, features: list[Tensor], proposals: list[Tensor], image_sizes: Sequence[tuple[int, int]]
+    ) -> list[Detections]:
         """Detections of each image from its proposals (:func:`postprocess_detections`)."""
         class_logits, box_deltas = self(features, proposals)
         rois_per_image = [len(p) for p in proposals]
@@ -310,7 +312,7 @@ class RoIHeads(nn.Module):
         ]
 
 
-def build_roi_heads(cfg: CfgNode, in_channels: int, strides: Dict[str, int]) -> RoIHeads:
+def build_roi_heads(cfg: CfgNode, in_channels: int, strides: dict[str, int]) -> RoIHeads:
     """Box head from ``MODEL.ROI_HEADS``, ``MODEL.ROI_BOX_HEAD`` and ``TEST.DETECTIONS_PER_IMAGE``.
 
     Args:

@@ -1,7 +1,6 @@
 """Build the detector a config describes and load its weights."""
 
 from pathlib import Path
-from typing import Dict, Union
 
 import torch
 from torch import nn
@@ -47,7 +46,7 @@ def build_sltnet(cfg: CfgNode) -> SLTnet:
     return model
 
 
-def build_model(cfg: CfgNode) -> Union[FasterRCNN, SLTnet]:
+def build_model(cfg: CfgNode) -> FasterRCNN | SLTnet:
     """The single-frame baseline ("GeneralizedRCNN") or SLTnet ("SLTnet"), on ``MODEL.DEVICE``,
     with ``MODEL.WEIGHTS`` loaded when set."""
     architecture = cfg.MODEL.META_ARCHITECTURE
@@ -62,7 +61,7 @@ def build_model(cfg: CfgNode) -> Union[FasterRCNN, SLTnet]:
     return model.to(torch.device(cfg.MODEL.DEVICE))
 
 
-def read_weights(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of a ``model_final.pt`` (weights) or of a training checkpoint (its ``model`` entry).
 
     Raises:
@@ -76,7 +75,7 @@ def read_weights(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     return state
 
 
-def load_weights(model: nn.Module, path: Union[str, Path]) -> None:
+def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a ``model_final.pt`` (weights) or a training checkpoint (its ``model`` entry).
 
     An SLTnet may load a single-frame checkpoint: its ST head then keeps its initialisation.
@@ -88,9 +87,7 @@ def load_weights(model: nn.Module, path: Union[str, Path]) -> None:
     state = read_weights(path)
     own = model.state_dict()
     problems = [f"unexpected {key}" for key in state if key not in own]
-    problems += [
-        f"missing {key}" for key in own if key not in state and not key.startswith(_TEMPORAL_PREFIXES)
-    ]
+    problems += [f"missing {key}" for key in own if key not in state and not key.startswith(_TEMPORAL_PREFIXES)]
     problems += [
         f"{key} has shape {tuple(state[key].shape)}, model has {tuple(own[key].shape)}"
         for key in state

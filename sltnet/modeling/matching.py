@@ -1,4 +1,4 @@
-"""Matching boxes to ground truth for training the RPN and the box head (DESIGN A.1).
+"""Matching boxes to ground truth for training the RPN and the box head (docs/method.md#single-frame-baseline).
 
 torchvision's ``Matcher`` implements detectron2's rule exactly: IoU >= high is a match, IoU < low is
 background, in between is ignored; with ``allow_low_quality_matches`` every prediction whose IoU with
@@ -7,7 +7,7 @@ ground-truth box. Box coding (torchvision ``BoxCoder``, dw/dh clamped at log(100
 sampling (torchvision ``BalancedPositiveNegativeSampler``) are used as they are.
 """
 
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -46,7 +46,7 @@ def build_matcher(
     )
 
 
-def match_boxes(matcher: Matcher, gt_boxes: Tensor, boxes: Tensor) -> Tuple[Tensor, Tensor]:
+def match_boxes(matcher: Matcher, gt_boxes: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
     """Match boxes to ground truth.
 
     Args:

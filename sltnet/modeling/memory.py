@@ -1,6 +1,4 @@
-"""Long-term keyframe memory of the self-guided attention head (DESIGN A.5)."""
-
-from typing import Optional, Tuple
+"""Long-term keyframe memory of the self-guided attention head (docs/method.md#long-term-self-guided-attention)."""
 
 import torch
 from torch import Tensor
@@ -30,7 +28,7 @@ class LongTermMemory:
         keyframe_interval: int,
         rows_per_entry: int,
         feature_dim: int,
-        device: Optional[torch.device] = None,
+        device: torch.device | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
         if num_keyframes < 1 or keyframe_interval < 1 or rows_per_entry < 1:
@@ -85,7 +83,7 @@ class LongTermMemory:
         self.num_writes += 1
         return True
 
-    def references(self) -> Tuple[Tensor, Tensor]:
+    def references(self) -> tuple[Tensor, Tensor]:
         """The valid rows, oldest entry first.
 
         Returns:
@@ -96,7 +94,7 @@ class LongTermMemory:
         valid = self.valid.roll(-oldest, dims=0)
         return self.features.roll(-oldest, dims=0)[valid], self.boxes.roll(-oldest, dims=0)[valid]
 
-    def as_padded(self) -> Tuple[Tensor, Tensor, Tensor]:
+    def as_padded(self) -> tuple[Tensor, Tensor, Tensor]:
         """All slots as fixed-size tensors (views of the storage, in slot order).
 
         Returns:

@@ -1,7 +1,8 @@
-"""Multi-level RoIAlign (DESIGN A.1): each box is pooled from the FPN level that matches its size."""
+"""Multi-level RoIAlign (docs/method.md#single-frame-baseline): each box is pooled from the FPN level that
+matches its size."""
 
 import math
-from typing import List, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +28,7 @@ def assign_boxes_to_levels(boxes: Tensor, min_level: int, max_level: int) -> Ten
 
 
 class MultiLevelRoIAlign(nn.Module):
-    """RoIAlign with ``aligned=True`` over FPN levels, box-to-level assignment as DESIGN A.1.
+    """RoIAlign with ``aligned=True`` over FPN levels, box-to-level assignment as docs/method.md#single-frame-baseline.
 
     Args:
         output_size: side of the pooled square (7).
@@ -45,7 +46,7 @@ class MultiLevelRoIAlign(nn.Module):
         if self.max_level - self.min_level + 1 != len(self.scales):
             raise ValueError(f"scales must be consecutive powers of 1/2, got {scales}")
 
-    def forward(self, features: List[Tensor], boxes: List[Tensor]) -> Tensor:
+    def forward(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
         """Pool boxes from their level.
 
         Args:

@@ -1,4 +1,4 @@
-"""Region proposal network (DESIGN A.1).
+"""Region proposal network (docs/method.md#single-frame-baseline).
 
 State-dict names (under the detector's ``rpn.`` prefix): ``head.conv`` (3x3, shared over levels),
 ``head.objectness_logits`` (1x1 to a logits) and ``head.anchor_deltas`` (1x1 to 4a deltas), where a
@@ -10,7 +10,8 @@ temporal model keeps these outputs per frame and links anchors across frames, so
 is the separate function :func:`select_proposals`, which also returns the chosen anchor indices.
 """
 
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +42,7 @@ class RPNHead(nn.Module):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.constant_(layer.bias, 0)
 
-    def forward(self, features: List[Tensor]) -> Tuple[Tensor, Tensor]:
+    def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Per-anchor outputs of all levels.
 
         Args:
@@ -76,7 +77,7 @@ class RPNOutputs(NamedTuple):
     objectness_logits: Tensor
     anchor_deltas: Tensor
     boxes: Tensor
-    num_anchors_per_level: List[int]
+    num_anchors_per_level: list[int]
 
 
 class Proposals(NamedTuple):
@@ -95,7 +96,7 @@ class Proposals(NamedTuple):
 
 def top_anchors_per_level(
     logits: Tensor, num_anchors_per_level: Sequence[int], pre_nms_topk: int
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """The ``pre_nms_topk`` anchors with the highest logit in each level (all of a smaller level).
 
     Args:
@@ -119,14 +120,14 @@ def select_proposals(
     boxes: Tensor,
     logits: Tensor,
     num_anchors_per_level: Sequence[int],
-    image_sizes: Sequence[Tuple[int, int]],
+    image_sizes: Sequence[tuple[int, int]],
     pre_nms_topk: int,
     post_nms_topk: int,
     nms_thresh: float,
     min_size: float,
-    candidate_mask: Optional[Tensor] = None,
-) -> List[Proposals]:
-    """Proposals from per-anchor outputs (DESIGN A.1).
+    candidate_mask: Tensor | None = None,
+) -> list[Proposals]:
+    """Proposals from per-anchor outputs (docs/method.md#single-frame-baseline).
 
     Per level, the ``pre_nms_topk`` anchors with the highest logit are candidates; candidates with a
     non-finite box or logit are dropped; boxes are clipped to the image; boxes with a side
@@ -191,8 +192,8 @@ class RegionProposalNetwork(nn.Module):
         positive_fraction: float,
         smooth_l1_beta: float,
         loss_weight: float,
-        pre_nms_topk: Tuple[int, int],
-        post_nms_topk: Tuple[int, int],
+        pre_nms_topk: tuple[int, int],
+        post_nms_topk: tuple[int, int],
         nms_thresh: float,
         min_size: float,
     ) -> None:
@@ -224,7 +225,7 @@ class RegionProposalNetwork(nn.Module):
         self._pre_nms_topk = (self._pre_nms_topk[0], pre_nms_topk)
         self._post_nms_topk = (self._post_nms_topk[0], post_nms_topk)
 
-    def forward(self, features: List[Tensor]) -> RPNOutputs:
+    def forward(self, features: list[Tensor]) -> RPNOutputs:
         """Per-anchor outputs for all anchors.
 
         Args:
@@ -244,7 +245,7 @@ class RegionProposalNetwork(nn.Module):
             num_anchors_per_level=[len(a) for a in anchors_per_level],
         )
 
-    def proposals(self, outputs: RPNOutputs, image_sizes: Sequence[Tuple[int, int]]) -> List[Proposals]:
+    def proposals(self, outputs: RPNOutputs, image_sizes: Sequence[tuple[int, int]]) -> list[Proposals]:
         """:func:`select_proposals` with this network's settings for the current mode."""
         return select_proposals(
             outputs.boxes,
@@ -257,7 +258,7 @@ class RegionProposalNetwork(nn.Module):
             self.min_size,
         )
 
-    def losses(self, outputs: RPNOutputs, gt_boxes: List[Tensor]) -> Dict[str, Tensor]:
+    def losses(self, outputs: RPNOutputs, gt_boxes: list[Tensor]) -> dict[str, Tensor]:
         """Objectness (binary cross-entropy) and box (smooth L1) losses on sampled anchors.
 
         Both are summed over the sample and divided by ``batch_size_per_image`` x B.
@@ -294,7 +295,7 @@ class RegionProposalNetwork(nn.Module):
         }
 
 
-def build_rpn(cfg: CfgNode, in_channels: int, strides: Dict[str, int]) -> RegionProposalNetwork:
+def build_rpn(cfg: CfgNode, in_channels: int, strides: dict[str, int]) -> RegionProposalNetwork:
     """RPN from ``MODEL.RPN``, ``MODEL.ANCHOR_GENERATOR`` and ``MODEL.PROPOSAL_GENERATOR``.
 
     Args:

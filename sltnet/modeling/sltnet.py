@@ -1,4 +1,4 @@
-"""SLTnet (DESIGN A.2-A.7): the single-frame detector made temporal by short-term anchor linking,
+"""SLTnet (docs/method.md): the single-frame detector made temporal by short-term anchor linking,
 long-term self-guided attention and the spatio-temporal double head.
 
 The model is split the way it is deployed: :meth:`SLTnet.frame_outputs` runs once per frame
@@ -12,15 +12,16 @@ Module tree: ``backbone``, ``rpn`` and ``roi_heads`` exactly as in
 ``st_box_head`` (``fcs``/``Wgs``/``Wqs``/``Wks``/``Wvs``) and ``st_cls_predictor.cls_score``.
 """
 
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sltnet.contract import Window
 from sltnet.data.batching import FrameGroup, TrainingGroup
 from sltnet.modeling.aggregation import TubeletAggregation, pool_tubelets
-from sltnet.contract import Window
 from sltnet.modeling.backbone import FPNBackbone
 from sltnet.modeling.baseline import FasterRCNN
 from sltnet.modeling.box_head import Detections, RoIHeads, postprocess_detections, sample_rois
@@ -39,10 +40,10 @@ class FrameOutputs(NamedTuple):
         num_anchors_per_level: A split by RPN level (depends on the input size only).
     """
 
-    features: List[Tensor]
+    features: list[Tensor]
     objectness_logits: Tensor
     boxes: Tensor
-    num_anchors_per_level: List[int]
+    num_anchors_per_level: list[int]
 
 
 class MemoryEntry(NamedTuple):
@@ -103,7 +104,7 @@ class SLTnet(FasterRCNN):
     # ------------------------------------------------------------------------------------------
     # Per frame (frame engine)
     # ------------------------------------------------------------------------------------------
-    def _window_outputs(self, images: Tensor) -> Tuple[List[Tensor], Tensor, Tensor, List[int]]:
+    def _window_outputs(self, images: Tensor) -> tuple[list[Tensor], Tensor, Tensor, list[int]]:
         """Backbone + RPN of a stack of frames.
 
         Args:
@@ -132,9 +133,16 @@ class SLTnet(FasterRCNN):
     # ------------------------------------------------------------------------------------------
     # Per reference frame (temporal engine)
     # ------------------------------------------------------------------------------------------
-    def link(self, boxes: Tensor, logits: Tensor, num_anchors_per_level: Sequence[int], reference: int,
-             image_size: Tuple[int, int]) -> Tubelets:
-        """Tubelet proposals of a window (A.3) with the RPN's settings for the current mode."""
+    def link(
+        self,
+        boxes: Tensor,
+        logits: Tensor,
+        num_anchors_per_level: Sequence[int],
+        reference: int,
+        image_size: tuple[int, int],
+    ) -> Tubelets:
+        """Tubelet proposals of a window (docs/method.md#short-term-anchor-linking) with the RPN's settings
+        for the current mode."""
         return link_tubelets(
             boxes,
             logits,
@@ -147,7 +155,7 @@ class SLTnet(FasterRCNN):
             self.rpn.min_size,
         )
 
-    def _tubelet_features(self, features: List[Tensor], tubelet_boxes: Tensor, reference: int) -> Tuple[Tensor, Tensor]:
+    def _tubelet_features(self, features: list[Tensor], tubelet_boxes: Tensor, reference: int) -> tuple[Tensor, Tensor]:
         """Pooled reference-frame RoI features [R, C, S, S] and aggregated tubelet features [R, C, S, S]."""
         pooled = pool_tubelets(self.roi_heads.box_pooler, features, tubelet_boxes)
         return pooled[reference], self.aggregation(pooled, reference)
@@ -158,9 +166,9 @@ class SLTnet(FasterRCNN):
         boxes: Tensor,
         ref_features: Tensor,
         ref_boxes: Tensor,
-        ref_valid: Optional[Tensor] = None,
-        valid: Optional[Tensor] = None,
-    ) -> Tuple[Tensor, Tensor]:
+        ref_valid: Tensor | None = None,
+        valid: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """ST head features [R, d] and the rows that become a memory entry ([min(R, P), d]; empty
         without long-term attention)."""
         if self.long_term:
@@ -174,10 +182,11 @@ class SLTnet(FasterRCNN):
         reference_boxes: Tensor,
         memory_features: Tensor,
         memory_boxes: Tensor,
-        memory_valid: Optional[Tensor] = None,
-        valid: Optional[Tensor] = None,
-    ) -> Tuple[Tensor, Tensor, Tensor]:
-        """The double head on a window's tubelets (A.5, A.6).
+        memory_valid: Tensor | None = None,
+        valid: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The double head on a window's tubelets (docs/method.md#long-term-self-guided-attention,
+        # double-head-and-inference).
 
         Args:
             reference_rois: [R, C, S, S] RoI features of the tubelets' reference-frame boxes.
@@ -203,12 +212,12 @@ class SLTnet(FasterRCNN):
         self,
         window: Sequence[FrameOutputs],
         reference: int,
-        image_size: Tuple[int, int],
+        image_size: tuple[int, int],
         memory_features: Tensor,
         memory_boxes: Tensor,
-        score_thresh: Optional[float] = None,
-    ) -> Tuple[Detections, MemoryEntry]:
-        """Detections in the reference frame of a window (A.3-A.6).
+        score_thresh: float | None = None,
+    ) -> tuple[Detections, MemoryEntry]:
+        """Detections in the reference frame of a window (docs/method.md).
 
         Args:
             window: the window's frame outputs in time order; padding repeats a frame's outputs.
@@ -244,16 +253,16 @@ class SLTnet(FasterRCNN):
         return detections, entry
 
     # ------------------------------------------------------------------------------------------
-    # Training (stage 2, A.7)
+    # Training (stage 2, docs/method.md#two-stage-training)
     # ------------------------------------------------------------------------------------------
-    def _frozen_window(self, group: FrameGroup) -> Tuple[List[Tensor], Tubelets]:
+    def _frozen_window(self, group: FrameGroup) -> tuple[list[Tensor], Tubelets]:
         """Features and tubelet proposals of a group from the frozen backbone and RPN."""
         with torch.no_grad():
             features, boxes, logits, anchors_per_level = self._window_outputs(group.images)
             tubelets = self.link(boxes, logits, anchors_per_level, group.reference, group.image_size)
         return features, tubelets
 
-    def _support_references(self, support: Sequence[FrameGroup], like: Tensor) -> Tuple[Tensor, Tensor]:
+    def _support_references(self, support: Sequence[FrameGroup], like: Tensor) -> tuple[Tensor, Tensor]:
         """Long-term references from support groups: per group, the reference frame's first
         (P - #GT) tubelets plus its ground-truth tubelets, aggregated, through ReLU(fc_0). ``like``
         gives the device and dtype of the empty result when there is no support group."""
@@ -269,10 +278,10 @@ class SLTnet(FasterRCNN):
             return like.new_zeros((0, self.st_cls_predictor.cls_score.in_features)), like.new_zeros((0, 4))
         return torch.cat(ref_features), torch.cat(ref_boxes)
 
-    def training_losses(self, groups: Sequence[TrainingGroup]) -> Dict[str, Tensor]:
+    def training_losses(self, groups: Sequence[TrainingGroup]) -> dict[str, Tensor]:
         """Stage-2 loss: cross-entropy of the ST classifier on RoIs sampled on the reference frame
-        and applied to every frame, so sampled RoIs stay tubelets (A.7). Box regression stays the
-        frozen spatial head's.
+        and applied to every frame, so sampled RoIs stay tubelets (docs/method.md#two-stage-training). Box regression
+        stays the frozen spatial head's.
 
         Returns:
             ``loss_st_cls``, the mean over groups.

@@ -1,10 +1,9 @@
-"""Spatio-temporal (ST) box head and classifier (DESIGN A.5) and the double-head fusion (A.6).
+"""Spatio-temporal (ST) box head and classifier (docs/method.md#long-term-self-guided-attention) and the
+double-head fusion (docs/method.md#double-head-and-inference).
 
 Parameter names follow the original SLTnet checkpoints (``roi_heads.st_box_head.{fcs,Wgs,Wqs,Wks,Wvs}.{i}``
 and ``roi_heads.st_cls_predictor.cls_score``), so those map onto these modules unchanged.
 """
-
-from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +56,7 @@ class STFCBoxHead(nn.Module):
 
 
 class STAttentionBoxHead(nn.Module):
-    """The ST head with long-term self-guided attention (DESIGN A.5).
+    """The ST head with long-term self-guided attention (docs/method.md#long-term-self-guided-attention).
 
     x = flatten(features); for each stage s: x = ReLU(fcs[s](x)); x = x + Attn_s(x, refs, geometry).
     The references are fixed for all stages: the given ones (keyframe memory, or support groups in
@@ -111,9 +110,9 @@ class STAttentionBoxHead(nn.Module):
         boxes: Tensor,
         ref_features: Tensor,
         ref_boxes: Tensor,
-        ref_valid: Optional[Tensor] = None,
-        valid: Optional[Tensor] = None,
-    ) -> Tuple[Tensor, Tensor]:
+        ref_valid: Tensor | None = None,
+        valid: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Attend from the current tubelets to the references.
 
         Args:
@@ -155,7 +154,7 @@ class STAttentionBoxHead(nn.Module):
             x = x + self._attention(stage, x, refs, stage_bias)
         return x, entry
 
-    def _attention(self, stage: int, x: Tensor, refs: Tensor, logit_bias: Optional[Tensor]) -> Tensor:
+    def _attention(self, stage: int, x: Tensor, refs: Tensor, logit_bias: Tensor | None) -> Tensor:
         """Attn_s: [R, d] queries, [M, d] references -> [R, d].
 
         The 1x1 convolutions run as matrix products on their weights (same values, no layout
@@ -194,7 +193,7 @@ class STClassifier(nn.Module):
 
 
 def fuse_double_head_probs(p_spatial: Tensor, p_st: Tensor) -> Tensor:
-    """Double-head class probabilities (DESIGN A.6): p_spatial + p_st * (1 - p_spatial).
+    """Double-head class probabilities (docs/method.md#double-head-and-inference): p_spatial + p_st * (1 - p_spatial).
 
     Args:
         p_spatial: [R, K + 1] softmax of the spatial head.

@@ -1,4 +1,5 @@
-"""Streaming inference in PyTorch: frames in, results out for the frames that are complete (DESIGN A.2).
+"""Streaming inference in PyTorch: frames in, results out for the frames that are complete
+(docs/method.md#frame-window).
 
 This is the reference the exported engines and the runtime mirror: every frame goes through the
 backbone and RPN exactly once; its outputs stay in a window buffer while the frame is in a window;
@@ -7,7 +8,6 @@ end; a new video clears the buffer and the long-term memory.
 """
 
 from collections import deque
-from typing import Deque, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -34,16 +34,16 @@ class StreamingDetector:
 
     def __init__(
         self,
-        model: Union[SLTnet, FasterRCNN],
+        model: SLTnet | FasterRCNN,
         preprocessor: ImagePreprocessor,
         num_keyframes: int = 3,
         keyframe_interval: int = 10,
-        score_thresh: Optional[float] = None,
+        score_thresh: float | None = None,
     ) -> None:
         self.model = model.eval()
         self.preprocessor = preprocessor
         self.score_thresh = score_thresh
-        self.memory: Optional[LongTermMemory] = None
+        self.memory: LongTermMemory | None = None
         if isinstance(model, SLTnet) and model.long_term:
             parameter = next(model.parameters())
             self.memory = LongTermMemory(
@@ -57,21 +57,21 @@ class StreamingDetector:
         self.reset()
 
     @classmethod
-    def from_config(cls, model: Union[SLTnet, FasterRCNN], cfg, score_thresh: Optional[float] = None) -> "StreamingDetector":
+    def from_config(cls, model: SLTnet | FasterRCNN, cfg, score_thresh: float | None = None) -> "StreamingDetector":
         st = cfg.MODEL.SPATIOTEMPORAL
         return cls(model, ImagePreprocessor.from_config(cfg), st.NUM_KEYFRAMES, st.KEYFRAME_INTERVAL, score_thresh)
 
     def reset(self) -> None:
         """Start a new video: clear the window buffer and the long-term memory."""
-        self._window: Dict[int, FrameOutputs] = {}
-        self._pending: Deque[int] = deque()  # frames pushed but not yet answered
+        self._window: dict[int, FrameOutputs] = {}
+        self._pending: deque[int] = deque()  # frames pushed but not yet answered
         self._num_frames = 0
-        self._sizes: Tuple[Tuple[int, int], Tuple[int, int]] = ((0, 0), (0, 0))
+        self._sizes: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
         if self.memory is not None:
             self.memory.reset()
 
     @torch.no_grad()
-    def push(self, image: Tensor) -> List[FrameResult]:
+    def push(self, image: Tensor) -> list[FrameResult]:
         """Add the next frame of the current video.
 
         Args:
@@ -102,7 +102,7 @@ class StreamingDetector:
         return results
 
     @torch.no_grad()
-    def flush(self) -> List[FrameResult]:
+    def flush(self) -> list[FrameResult]:
         """End of the video: answer every pending frame (the last frame fills the future), then reset."""
         results = [self._detect(index, self._num_frames) for index in self._pending]
         self.reset()

@@ -1,11 +1,13 @@
-"""Short-term anchor linking (DESIGN A.3): tubelet proposals from the per-anchor RPN outputs of a window.
+"""Short-term anchor linking (docs/method.md#short-term-anchor-linking): tubelet proposals from the per-anchor
+RPN outputs of a window.
 
 An anchor regresses one box in every frame of the window. A proposal chosen in the reference frame is
 linked to the boxes that the *same anchor* regressed in the other frames, so a tubelet needs no
 tracking: its identity is the anchor index.
 """
 
-from typing import NamedTuple, Sequence, Tuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -28,7 +30,7 @@ class Tubelets(NamedTuple):
     anchor_indices: Tensor
 
 
-def clip_window_boxes(boxes: Tensor, image_size: Tuple[int, int], min_size: float) -> Tuple[Tensor, Tensor]:
+def clip_window_boxes(boxes: Tensor, image_size: tuple[int, int], min_size: float) -> tuple[Tensor, Tensor]:
     """Clip every frame's anchor boxes and tell which anchors can form a tubelet.
 
     A tubelet is only as good as its worst frame: its box must be finite and non-empty after clipping
@@ -54,13 +56,13 @@ def link_tubelets(
     logits: Tensor,
     num_anchors_per_level: Sequence[int],
     reference_index: int,
-    image_size: Tuple[int, int],
+    image_size: tuple[int, int],
     pre_nms_topk: int,
     post_nms_topk: int,
     nms_thresh: float,
     min_size: float,
 ) -> Tubelets:
-    """Select tubelet proposals for the reference frame of a window (DESIGN A.3).
+    """Select tubelet proposals for the reference frame of a window (docs/method.md#short-term-anchor-linking).
 
     Args:
         boxes: [N, A, 4] decoded, unclipped boxes of all A anchors in each of the N frames.
@@ -77,7 +79,7 @@ def link_tubelets(
     """
     clipped, valid_in_window = clip_window_boxes(boxes, image_size, min_size)
     # The reference frame's proposal selection (per-level top-k, NMS per level, global top-k), with the
-    # window validity applied after the per-level top-k as A.3 orders it.
+    # window validity applied after the per-level top-k as docs/method.md#short-term-anchor-linking orders it.
     reference = select_proposals(
         boxes[reference_index : reference_index + 1],
         logits[reference_index : reference_index + 1],

@@ -12,9 +12,10 @@ to its parser and a function that runs it on the parsed arguments.
 import argparse
 import sys
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Optional, Sequence
+from typing import NamedTuple
 
 from sltnet.cli import ArgumentParser, console_entry
 from sltnet.config import load_config, save_config
@@ -57,10 +58,7 @@ def _run_vid_to_stcoco(args: argparse.Namespace) -> None:
         videos_list=args.videos_list,
         file_prefix=args.file_prefix,
     )
-    print(
-        f"wrote {args.out_json}: {summary.videos} videos, {summary.images} frames, "
-        f"{summary.annotations} boxes"
-    )
+    print(f"wrote {args.out_json}: {summary.videos} videos, {summary.images} frames, {summary.annotations} boxes")
 
 
 def _add_to_vid_arguments(parser: argparse.ArgumentParser) -> None:
@@ -222,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @console_entry
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.run(args)
     return 0

@@ -1,15 +1,15 @@
 """``sltnet-data``: check ST-COCO datasets and list the dataset catalog.
 
-    sltnet-data validate vid_val
-    sltnet-data validate --json ann.json --image-root frames/ --check-images
-    sltnet-data list
+sltnet-data validate vid_val
+sltnet-data validate --json ann.json --image-root frames/ --check-images
+sltnet-data list
 """
 
 import argparse
 import os
 import sys
 from collections import Counter
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from sltnet.cli import ArgumentParser, console_entry
 from sltnet.data.catalog import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, add_catalog_arguments, catalog_from_args
@@ -22,9 +22,7 @@ EXIT_INVALID = 1
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(
-        prog="sltnet-data", description="Check ST-COCO datasets and list the dataset catalog."
-    )
+    parser = ArgumentParser(prog="sltnet-data", description="Check ST-COCO datasets and list the dataset catalog.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     validate = commands.add_parser("validate", help="check a dataset and print a summary or every problem")
@@ -108,7 +106,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 @console_entry
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     return _validate(args) if args.command == "validate" else _list(args)
 

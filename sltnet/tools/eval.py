@@ -11,7 +11,7 @@ writes them as JSON.
 import argparse
 import json
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from sltnet.atomic_io import atomic_output
 from sltnet.cli import ArgumentParser, console_entry
@@ -43,14 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-root", metavar="DIR", help="folder of the --gt frames (default: the JSON's folder)")
     parser.add_argument("--output", metavar="METRICS.json", help="also write the metrics to this JSON file")
     parser.add_argument("--detections-out", metavar="DETS.json", help="write the model's detections (COCO results)")
-    parser.add_argument("--score-thresh", type=float, help="score threshold (default MODEL.ROI_HEADS.SCORE_THRESH_TEST)")
+    parser.add_argument(
+        "--score-thresh", type=float, help="score threshold (default MODEL.ROI_HEADS.SCORE_THRESH_TEST)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_catalog_arguments(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
     return parser
 
 
-def _check_output_path(option: str, path: Optional[str]) -> None:
+def _check_output_path(option: str, path: str | None) -> None:
     if path is not None and os.path.isdir(path):
         raise SltnetError(f"{option} {path}: is a folder, expected a file name")
 
@@ -83,7 +85,7 @@ def _run_model(args: argparse.Namespace) -> tuple:
 
 
 @console_entry
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_output_path("--output", args.output)
     _check_output_path("--detections-out", args.detections_out)

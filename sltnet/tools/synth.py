@@ -1,4 +1,4 @@
-"""``sltnet-synth``: generate a split of the synthetic video benchmark (DESIGN C.4).
+"""``sltnet-synth``: generate a split of the synthetic video benchmark (docs/data.md#synthetic-video-benchmark).
 
     sltnet-synth datasets/synthetic --split synth_tiny_train --videos 100 --frames 30 --size 256 --seed 0
 
@@ -8,7 +8,7 @@ and with ``--mp4`` also ``OUT_DIR/<split>_mp4/<video>.mp4``. The same arguments 
 
 import argparse
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from sltnet.cli import ArgumentParser, console_entry
 from sltnet.data.synthetic.sampling import HIDE_TYPES, MAX_CLASSES, SynthOptions
@@ -32,39 +32,65 @@ def build_parser() -> argparse.ArgumentParser:
 
     knobs = parser.add_argument_group("difficulty")
     knobs.add_argument(
-        "--classes", type=int, default=defaults.num_classes, metavar="K",
+        "--classes",
+        type=int,
+        default=defaults.num_classes,
+        metavar="K",
         help=f"number of classes, 1..{MAX_CLASSES} (default {defaults.num_classes})",
     )
     knobs.add_argument(
-        "--max-objects", type=int, default=defaults.max_objects, metavar="M",
+        "--max-objects",
+        type=int,
+        default=defaults.max_objects,
+        metavar="M",
         help=f"each video has 1..M objects (default {defaults.max_objects})",
     )
     knobs.add_argument(
-        "--hide-prob", type=float, default=defaults.hide_prob, metavar="P",
+        "--hide-prob",
+        type=float,
+        default=defaults.hide_prob,
+        metavar="P",
         help=f"fraction of each track's frames whose class evidence is hidden (default {defaults.hide_prob})",
     )
     knobs.add_argument(
-        "--max-hidden-run", type=int, default=defaults.max_hidden_run, metavar="R",
+        "--max-hidden-run",
+        type=int,
+        default=defaults.max_hidden_run,
+        metavar="R",
         help=f"longest run of consecutive hidden frames (default {defaults.max_hidden_run})",
     )
     knobs.add_argument(
-        "--hide-types", default=",".join(defaults.hide_types), metavar="LIST",
+        "--hide-types",
+        default=",".join(defaults.hide_types),
+        metavar="LIST",
         help=f"comma-separated degradations of hidden frames (default {','.join(HIDE_TYPES)})",
     )
     knobs.add_argument(
-        "--min-object-size", type=float, default=defaults.min_object_size, metavar="FRACTION",
+        "--min-object-size",
+        type=float,
+        default=defaults.min_object_size,
+        metavar="FRACTION",
         help=f"smallest object side, fraction of the frame side (default {defaults.min_object_size})",
     )
     knobs.add_argument(
-        "--max-object-size", type=float, default=defaults.max_object_size, metavar="FRACTION",
+        "--max-object-size",
+        type=float,
+        default=defaults.max_object_size,
+        metavar="FRACTION",
         help=f"largest object side, fraction of the frame side (default {defaults.max_object_size})",
     )
     knobs.add_argument(
-        "--max-speed", type=float, default=defaults.max_speed, metavar="FRACTION",
+        "--max-speed",
+        type=float,
+        default=defaults.max_speed,
+        metavar="FRACTION",
         help=f"fastest motion in frame sides per frame (default {defaults.max_speed})",
     )
     knobs.add_argument(
-        "--noise", type=float, default=defaults.noise, metavar="STD",
+        "--noise",
+        type=float,
+        default=defaults.noise,
+        metavar="STD",
         help=f"sensor noise standard deviation, intensities in [0, 1] (default {defaults.noise})",
     )
 
@@ -72,14 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--mp4", action="store_true", help="also write OUT_DIR/<split>_mp4/<video>.mp4")
     output.add_argument("--fps", type=int, default=10, help="frame rate of the mp4 files (default 10)")
     output.add_argument(
-        "--workers", type=int, default=min(2, os.cpu_count() or 1),
+        "--workers",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
         help="parallel processes; the output does not depend on it (default: min(2, CPU count))",
     )
     return parser
 
 
 @console_entry
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     options = SynthOptions(
         num_classes=args.classes,

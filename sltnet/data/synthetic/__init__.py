@@ -1,4 +1,5 @@
-"""The synthetic video benchmark (DESIGN C.4): short videos where temporal information is necessary.
+"""The synthetic video benchmark (docs/data.md#synthetic-video-benchmark): short videos where temporal
+information is necessary.
 
 Every video shows 1..M objects moving over a smooth background. An object's *class evidence* is a
 texture of a class-specific pattern drawn in a class-specific ink colour; everything else about it

@@ -4,14 +4,14 @@ Images are float32 RGB in [0, 1] while drawing; pixel (i, j) covers [j, j + 1] x
 """
 
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
 from sltnet.data.synthetic.sampling import CLASS_PATTERNS, SILHOUETTES, Hide, Track, VideoSpec, visible_boxes
 
-Window = Tuple[int, int, int, int]  # (x0, y0, x1, y1) integer pixel bounds, x1 and y1 exclusive
-Layer = Tuple[Window, np.ndarray, np.ndarray]  # window, premultiplied colour [h, w, 3], coverage [h, w]
+Window = tuple[int, int, int, int]  # (x0, y0, x1, y1) integer pixel bounds, x1 and y1 exclusive
+Layer = tuple[Window, np.ndarray, np.ndarray]  # window, premultiplied colour [h, w, 3], coverage [h, w]
 
 
 def _silhouette_level(silhouette: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -58,8 +58,8 @@ def _pattern_depth(class_index: int, dx: np.ndarray, dy: np.ndarray) -> np.ndarr
 
 
 def _object_layer(
-    track: Track, frame: int, window: Window, shift: Tuple[float, float], textured: bool
-) -> Tuple[np.ndarray, np.ndarray]:
+    track: Track, frame: int, window: Window, shift: tuple[float, float], textured: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Render one object into a window of the image.
 
     Args:
@@ -93,7 +93,7 @@ def _object_layer(
     return (colour * alpha[:, :, None]).astype(np.float32), alpha.astype(np.float32)
 
 
-def _window(track: Track, frame: int, margin: float, image_size: int) -> Optional[Window]:
+def _window(track: Track, frame: int, margin: float, image_size: int) -> Window | None:
     """Integer pixel bounds of the object's box grown by ``margin``, clipped; None when empty."""
     (cx, cy), (w, h) = track.centres[frame], track.sizes[frame]
     x0 = max(int(math.floor(cx - w / 2 - margin)), 0)
@@ -112,7 +112,7 @@ def _gaussian_matrix(size: int, sigma: float) -> np.ndarray:
     return weights / np.exp(-0.5 * (np.arange(1 - size, size) / sigma) ** 2).sum()
 
 
-def _blurred_layer(track: Track, frame: int, hide: Hide, image_size: int) -> Optional[Layer]:
+def _blurred_layer(track: Track, frame: int, hide: Hide, image_size: int) -> Layer | None:
     """The class-neutral object layer with motion blur or defocus; (window, colour, alpha) or None."""
     side = float(np.sqrt(np.prod(track.sizes[frame])))
     if hide.kind == "motion_blur":
@@ -169,7 +169,7 @@ def _draw_occluder(image: np.ndarray, track: Track, frame: int, hide: Hide) -> N
     _composite(image, (x0, y0, x1, y1), np.float32(hide.grey) * alpha[:, :, None], alpha)
 
 
-def _surroundings(track: Track, frame: int, image_size: int) -> Optional[Tuple[Window, np.ndarray]]:
+def _surroundings(track: Track, frame: int, image_size: int) -> tuple[Window, np.ndarray] | None:
     """Window around the object (1.5x its box) and a soft elliptical weight [h, w] that covers it."""
     w, h = track.sizes[frame]
     window = _window(track, frame, 0.25 * max(w, h), image_size)
@@ -225,7 +225,7 @@ def render_frame(spec: VideoSpec, frame: int) -> np.ndarray:
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def frame_annotations(spec: VideoSpec, frame: int) -> List[Dict[str, Any]]:
+def frame_annotations(spec: VideoSpec, frame: int) -> list[dict[str, Any]]:
     """The annotated objects of one frame, back to front.
 
     Each entry has ``bbox`` [x, y, w, h] (clipped to the image, 2 decimals), ``area``,

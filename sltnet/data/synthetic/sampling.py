@@ -9,7 +9,6 @@ train/val splits made with the same seed differ.
 import math
 import zlib
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -43,7 +42,7 @@ MIN_VISIBLE_SIDE = 4.0
 TRAJECTORY_TRIES = 20
 # Motion: speed = max_speed * u ** SPEED_EXPONENT (u uniform), a small random acceleration and a
 # slow scale change. With the default knobs about a third of the boxes fall in each bucket of the
-# motion-speed breakdown (DESIGN C.3: slow, medium, fast); faster scale change or acceleration
+# motion-speed breakdown (docs/metrics.md#the-metrics: slow, medium, fast); faster scale change or acceleration
 # would empty the slow bucket.
 SPEED_EXPONENT = 3.0
 ACCELERATION_STD = 0.005  # per frame, as a fraction of max_speed
@@ -65,7 +64,7 @@ class SynthOptions:
         min_object_size, max_object_size: range of an object's mean side sqrt(w * h) when first
             drawn (it then grows or shrinks slowly).
         max_speed: fastest motion, in image sides per frame; speeds are drawn with a bias towards
-            slow motion so the slow, medium and fast buckets of DESIGN C.3 are all populated.
+            slow motion so the slow, medium and fast buckets of docs/metrics.md#the-metrics are all populated.
         noise: standard deviation of the sensor noise added to every pixel (intensities in [0, 1]).
     """
 
@@ -73,7 +72,7 @@ class SynthOptions:
     max_objects: int = 3
     hide_prob: float = 0.3
     max_hidden_run: int = 6
-    hide_types: Tuple[str, ...] = HIDE_TYPES
+    hide_types: tuple[str, ...] = HIDE_TYPES
     min_object_size: float = 0.15
     max_object_size: float = 0.4
     max_speed: float = 0.03
@@ -151,7 +150,7 @@ class Track:
     centres: np.ndarray
     sizes: np.ndarray
     velocities: np.ndarray
-    hides: Tuple[Optional[Hide], ...]
+    hides: tuple[Hide | None, ...]
 
 
 @dataclass(frozen=True)
@@ -172,7 +171,7 @@ class VideoSpec:
     image_size: int
     num_frames: int
     background: np.ndarray
-    tracks: Tuple[Track, ...]
+    tracks: tuple[Track, ...]
     noise_seed: int
     noise: float
 
@@ -186,7 +185,7 @@ def video_name(index: int) -> str:
     return f"video_{index:05d}"
 
 
-def visible_boxes(centres: np.ndarray, sizes: np.ndarray, image_size: int) -> Tuple[np.ndarray, np.ndarray]:
+def visible_boxes(centres: np.ndarray, sizes: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Clip a track's boxes to the image and decide on which frames it is annotated.
 
     Args:
@@ -223,7 +222,7 @@ def _sample_background(rng: np.random.Generator, image_size: int) -> np.ndarray:
 
 def _sample_trajectory(
     rng: np.random.Generator, num_frames: int, image_size: int, options: SynthOptions
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Smooth motion with slowly changing scale: (centres [F, 2], sizes [F, 2], velocities [F, 2])."""
     side = image_size * rng.uniform(options.min_object_size, options.max_object_size)
     aspect = math.exp(rng.uniform(math.log(0.6), math.log(1.6)))  # w / h
@@ -251,8 +250,9 @@ def _sample_hide(rng: np.random.Generator, options: SynthOptions) -> Hide:
     if kind == "defocus":
         return Hide(kind, strength=rng.uniform(0.05, 0.1))
     if kind == "occlusion":
-        return Hide(kind, strength=rng.uniform(0.4, 0.6), angle=float(rng.integers(2)) * np.pi / 2,
-                    grey=rng.uniform(0.15, 0.85))
+        return Hide(
+            kind, strength=rng.uniform(0.4, 0.6), angle=float(rng.integers(2)) * np.pi / 2, grey=rng.uniform(0.15, 0.85)
+        )
     if kind == "low_light":
         return Hide(kind, strength=rng.uniform(0.2, 0.4))
     if kind == "noise":
@@ -262,7 +262,7 @@ def _sample_hide(rng: np.random.Generator, options: SynthOptions) -> Hide:
 
 def sample_hidden_runs(
     rng: np.random.Generator, annotated_frames: np.ndarray, num_frames: int, options: SynthOptions
-) -> Tuple[Optional[Hide], ...]:
+) -> tuple[Hide | None, ...]:
     """Choose a track's hidden frames: contiguous runs among its annotated frames.
 
     About ``hide_prob`` of the L annotated frames are hidden, at least one and at most L - 1 when
@@ -273,7 +273,7 @@ def sample_hidden_runs(
     Returns:
         per frame of the video, the run's :class:`Hide` or None.
     """
-    hides: List[Optional[Hide]] = [None] * num_frames
+    hides: list[Hide | None] = [None] * num_frames
     length = len(annotated_frames)
     if options.hide_prob == 0.0 or length < 2:
         return tuple(hides)

@@ -8,9 +8,10 @@ import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any
 
 import av
 import numpy as np
@@ -61,11 +62,11 @@ class _VideoTask:
     image_size: int
     options: SynthOptions
     image_dir: str
-    mp4_path: Optional[str]
+    mp4_path: str | None
     fps: int
 
 
-def _write_video(task: _VideoTask) -> List[List[Dict[str, Any]]]:
+def _write_video(task: _VideoTask) -> list[list[dict[str, Any]]]:
     """Write a video's JPEG frames (and mp4); return each frame's annotations."""
     spec = sample_video(task.name, task.seed, task.num_frames, task.image_size, task.options)
     os.makedirs(os.path.join(task.image_dir, spec.name))
@@ -82,8 +83,8 @@ def _write_video(task: _VideoTask) -> List[List[Dict[str, Any]]]:
 
 
 def build_stcoco(
-    video_annotations: Sequence[List[List[Dict[str, Any]]]], image_size: int, num_classes: int, info: Dict[str, Any]
-) -> Dict[str, Any]:
+    video_annotations: Sequence[list[list[dict[str, Any]]]], image_size: int, num_classes: int, info: dict[str, Any]
+) -> dict[str, Any]:
     """Assemble the ST-COCO dict: images by video then frame, ids counting from 1, categories 1..K.
 
     Args:
@@ -119,9 +120,7 @@ def build_stcoco(
                         "hide_type": obj["hide_type"],
                     }
                 )
-    categories = [
-        {"id": k + 1, "name": CLASS_PATTERNS[k], "supercategory": "synthetic"} for k in range(num_classes)
-    ]
+    categories = [{"id": k + 1, "name": CLASS_PATTERNS[k], "supercategory": "synthetic"} for k in range(num_classes)]
     return {"info": info, "images": images, "annotations": annotations, "categories": categories}
 
 
@@ -131,15 +130,16 @@ class SplitSummary:
 
     json_path: str
     image_dir: str
-    mp4_dir: Optional[str]
+    mp4_dir: str | None
     videos: int
     frames: int
     boxes: int
     hidden_boxes: int
 
 
-def check_split_arguments(split: str, num_videos: int, num_frames: int, image_size: int, seed: int,
-                          workers: int, fps: int, mp4: bool) -> None:
+def check_split_arguments(
+    split: str, num_videos: int, num_frames: int, image_size: int, seed: int, workers: int, fps: int, mp4: bool
+) -> None:
     """Raise :class:`SltnetError` naming the command-line option of the first bad argument."""
     if not split or split.startswith(".") or not all(c.isalnum() or c in "_-." for c in split):
         raise SltnetError(f"--split: must be a folder name of letters, digits, '_', '-' or '.', got {split!r}")
@@ -166,7 +166,7 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
-def _run_tasks(tasks: List[_VideoTask], workers: int, progress: bool) -> List[List[List[Dict[str, Any]]]]:
+def _run_tasks(tasks: list[_VideoTask], workers: int, progress: bool) -> list[list[list[dict[str, Any]]]]:
     """Write every video, in parallel processes when ``workers > 1``; results in task order."""
     pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks))) if workers > 1 else None
     try:
@@ -220,8 +220,16 @@ def generate_split(
             os.makedirs(staged_mp4)
         seeds = split_seed(seed, split).spawn(num_videos)
         tasks = [
-            _VideoTask(video_name(i), seeds[i], num_frames, image_size, options, staged_images,
-                       os.path.join(staged_mp4, f"{video_name(i)}.mp4") if mp4 else None, fps)
+            _VideoTask(
+                video_name(i),
+                seeds[i],
+                num_frames,
+                image_size,
+                options,
+                staged_images,
+                os.path.join(staged_mp4, f"{video_name(i)}.mp4") if mp4 else None,
+                fps,
+            )
             for i in range(num_videos)
         ]
         video_annotations = _run_tasks(tasks, workers, progress)
