@@ -4,6 +4,7 @@
     python3 dev.py demo           # set up, then the whole pipeline on the synthetic "small" setup
     python3 dev.py demo --train   # the same, training the small model instead of using the shipped one
     python3 dev.py test           # set up, then run the test suite (extra arguments go to pytest)
+    python3 dev.py lint           # set up, then ruff (lint and format check) and mypy, as CI runs them
 
 The demo: take the small SLTnet (weights trained here in output/, else the shipped half-precision
 ones; with --train, or when neither exists, build the synthetic splits and train both stages),
@@ -169,13 +170,23 @@ def test(pytest_args: list) -> None:
     run(PYTHON, "-m", "pytest", "-q", *pytest_args)
 
 
+def lint() -> None:
+    """ruff's lint rules and formatting, then mypy, all configured in pyproject.toml."""
+    run(BIN / "ruff", "check", ".")
+    run(BIN / "ruff", "format", "--check", ".")
+    run(BIN / "mypy")
+
+
 def main() -> None:
     command, options = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else (None, [])
-    if command not in ("demo", "test") or (command == "demo" and options not in ([], ["--train"])):
+    demo_options = command == "demo" and options in ([], ["--train"])
+    if not (command == "test" or demo_options or (command == "lint" and not options)):
         sys.exit(__doc__)
     setup()
     if command == "demo":
         demo(train=options == ["--train"])
+    elif command == "lint":
+        lint()
     else:
         test(options)
 

@@ -125,6 +125,9 @@ class ImagePreprocessor(nn.Module):
         size_divisibility: ``DATALOADER.SIZE_DIVISIBILITY``, used by :meth:`pad`.
     """
 
+    pixel_mean: Tensor
+    pixel_std: Tensor
+
     def __init__(
         self,
         short_side: int,

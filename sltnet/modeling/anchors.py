@@ -42,6 +42,8 @@ class AnchorGenerator(nn.Module):
             (x * stride, y * stride).
     """
 
+    cell_anchors: Tensor
+
     def __init__(
         self, sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]], strides: Sequence[int]
     ) -> None:
