@@ -7,7 +7,7 @@ The tiny configs, the test video and the random weights are in ``helpers``.
 import hashlib
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -531,6 +531,37 @@ def test_manifest_refuses_an_engine_without_checksum(export_copy):
     (export_copy / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(SltnetError, match=r"frame\.onnx has no checksum under 'files'"):
         Manifest.load(export_copy)
+
+
+def _without(data: dict, section: str, key: str) -> None:
+    del data[section][key]
+
+
+def _set(section: str, key: str, value: object) -> Callable[[dict], None]:
+    return lambda data: data[section].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda data: data.pop("architecture"), "architecture: required key missing"),
+        (lambda data: _without(data, "window", "latency_frames"), "window.latency_frames: required key missing"),
+        (_set("window", "size", 3), r"window: size, reference_position, latency_frames \[3, 0, 0\] do not follow"),
+        (_set("memory", "slot_input", "mem{slot}{part}"), "window.slot_input and memory.slot_input"),
+        (_set("detections", "slots", "many"), "detections.slots: Input should be a valid integer"),
+        (lambda data: data.__setitem__("mode", "backwards"), "mode: Input should be 'sequential', 'symmetric'"),
+    ],
+)
+def test_manifest_validation_names_the_key_in_one_line(export_copy, edit, message):
+    """The whole manifest is checked on open: a missing, mistyped or contradictory value is one line
+    naming the file and the key, before any engine is touched."""
+    path = export_copy / MANIFEST_FILE
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(SltnetError, match=message) as error:
+        Manifest.load(export_copy)
+    assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
 
 
 # ------------------------------------------------------------------------------------------------
