@@ -154,7 +154,7 @@ def config_target(config_file: str, weights: str, input_size: Sequence[int] | No
         mode, num_frames = window.temporal_mode(), window.num_frames
     else:
         mode, num_frames = "single_frame", 1
-    size = tuple(input_size) if input_size else default_input_size(cfg)
+    size = (input_size[0], input_size[1]) if input_size else default_input_size(cfg)
     return Target(f"{Path(config_file).stem} (config)", mode, num_frames, size, config_file, weights)
 
 
@@ -243,6 +243,7 @@ def summarize(
             values = np.array([t.stages.get(stage, 0.0) for t in measured])
         stages[stage] = float(values.mean() * 1e3) if staged or stage == "decode" else None
     per_frame_ms = float(wall.mean() * 1e3)
+    bookkeeping_ms = stages["bookkeeping"]  # None exactly when not staged
     p50, p95, p99 = (float(np.percentile(latency_ms, q)) for q in (50, 95, 99))
     return {
         "frames": len(measured),
@@ -252,7 +253,7 @@ def summarize(
         "latency_ms": {"p50": p50, "p95": p95, "p99": p99},
         "delay_frames": max(delay[i] for i in answered),
         "stages_ms": stages,
-        "bookkeeping_share": stages["bookkeeping"] / per_frame_ms if staged else None,
+        "bookkeeping_share": bookkeeping_ms / per_frame_ms if bookkeeping_ms is not None else None,
     }
 
 
@@ -269,10 +270,12 @@ def run_row(target: Target, backend_name: str, video: str, args) -> dict:
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
     clock = StageClock(on_cuda)
+    streamer: StreamingDetector | StreamingRuntime
     if backend_name == EAGER:
         detector = eager_detector(target, args.device)
         streamer, description = detector, f"eager PyTorch ({args.device})"
     else:
+        assert target.engine_dir is not None and target.manifest is not None  # engine rows come from exports
         backend = open_backend(backend_name, target.engine_dir, target.manifest, args.device, args.threads)
         streamer, description = StreamingRuntime(target.manifest, backend, timer=clock), backend.description
     timings, latency, delay = stream_video(
@@ -327,7 +330,7 @@ def ratios(rows: Sequence[dict]) -> dict[str, list[dict]]:
 
 def acceptance_checks(rows: Sequence[dict]) -> list[dict]:
     """The speed issue's targets on the sequential N=3 onnxruntime row: PASS, FAIL or SKIP each."""
-    checks = []
+    checks: list[dict] = []
     sltnet = _find(rows, mode="sequential", num_frames=3, backend="onnxruntime")
 
     def check(name: str, value: float | None, limit: float, at_most: bool, missing: str) -> None:
@@ -340,30 +343,36 @@ def acceptance_checks(rows: Sequence[dict]) -> list[dict]:
 
     no_row = "no sequential N=3 onnxruntime row"
     baseline = _find(rows, mode="single_frame", backend="onnxruntime")
-    eager = sltnet and _find(rows, target=sltnet["target"], backend=EAGER)
+    eager = _find(rows, target=sltnet["target"], backend=EAGER) if sltnet is not None else None
     check(
         "bookkeeping share of per-frame time",
-        sltnet and sltnet["bookkeeping_share"],
+        sltnet["bookkeeping_share"] if sltnet is not None else None,
         MAX_BOOKKEEPING_SHARE,
         True,
         no_row,
     )
     check(
         "SLTnet fps / baseline fps (onnxruntime)",
-        sltnet and baseline and sltnet["fps"] / baseline["fps"],
+        sltnet["fps"] / baseline["fps"] if sltnet is not None and baseline is not None else None,
         MIN_SLTNET_VS_BASELINE,
         False,
         f"{no_row} or no single-frame onnxruntime row",
     )
     check(
         "onnxruntime fps / eager fps (SLTnet)",
-        eager and sltnet["fps"] / eager["fps"],
+        sltnet["fps"] / eager["fps"] if sltnet is not None and eager is not None else None,
         MIN_ONNXRUNTIME_VS_EAGER,
         False,
         f"{no_row} or no eager row for it",
     )
-    latency = sltnet and sltnet["latency_ms"]
-    check("p99 / p50 latency", latency and latency["p99"] / latency["p50"], MAX_P99_OVER_P50, True, no_row)
+    latency = sltnet["latency_ms"] if sltnet is not None else None
+    check(
+        "p99 / p50 latency",
+        latency["p99"] / latency["p50"] if latency is not None else None,
+        MAX_P99_OVER_P50,
+        True,
+        no_row,
+    )
     return checks
 
 

@@ -27,6 +27,7 @@ from sltnet.contract import Manifest, TensorRTSection, Window
 from sltnet.data.catalog import add_catalog_arguments, catalog_from_args, load_dataset
 from sltnet.errors import SltnetError
 from sltnet.modeling.build import build_model
+from sltnet.modeling.sltnet import SLTnet
 
 ENGINE_SUFFIX = ".engine"
 TIMING_CACHE = "timing.cache"
@@ -186,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     model = build_model(cfg)
     if args.mode is not None:
+        assert isinstance(model, SLTnet)  # _load_config refuses --mode for single-frame configs
         model.window = Window.of_mode(args.mode, model.window.num_frames)
     engines = export_onnx(model, cfg, out, input_size)
     source = {"config_file": args.config_file, "weights": cfg.MODEL.WEIGHTS}

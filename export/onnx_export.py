@@ -66,7 +66,7 @@ def check_exportable(cfg: CfgNode) -> None:
 def _float_isfinite() -> Iterator[None]:
     """Export ``isfinite`` as Not(Or(IsInf(x), IsNaN(x))) in x's own float type."""
 
-    def isfinite(g, x):  # type: ignore[no-untyped-def]
+    def isfinite(g, x):
         return g.op("Not", g.op("Or", g.op("IsInf", x), g.op("IsNaN", x)))
 
     torch.onnx.register_custom_op_symbolic("aten::isfinite", isfinite, OPSET)
@@ -122,7 +122,7 @@ def export_module(
         torch.onnx.export(
             module,
             tuple(example_inputs),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # torch types f as a path; its TorchScript exporter takes a file object
             input_names=list(input_names),
             output_names=list(output_names),
             opset_version=OPSET,

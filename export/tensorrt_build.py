@@ -15,7 +15,7 @@ Built engines are run by :mod:`runtime.engines` (named tensors, ``set_tensor_add
 ``execute_async_v3`` on a dedicated CUDA stream, buffers from torch CUDA tensors).
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from runtime.engines import tensorrt_unavailable
@@ -23,7 +23,7 @@ from sltnet.atomic_io import atomic_output
 from sltnet.errors import SltnetError
 
 
-def _parser_errors(parser, onnx_path: Path) -> str:  # type: ignore[no-untyped-def]
+def _parser_errors(parser, onnx_path: Path) -> str:
     """Every parser error on one line, with the ONNX node each one names."""
     import onnx
 
@@ -44,7 +44,7 @@ def build_engine(
     fp16: bool,
     workspace_mib: int,
     timing_cache: Path,
-    input_shapes: dict[str, Sequence[int]],
+    input_shapes: Mapping[str, Sequence[int]],
 ) -> None:
     """Build and serialize one engine.
 

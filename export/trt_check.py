@@ -144,7 +144,7 @@ def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                 yield from _graphs(subgraph)
 
 
-def _attribute(node: onnx.NodeProto, name: str, default=None):  # type: ignore[no-untyped-def]
+def _attribute(node: onnx.NodeProto, name: str, default=None):
     for attribute in node.attribute:
         if attribute.name == name:
             value = onnx.helper.get_attribute_value(attribute)

@@ -263,6 +263,7 @@ class StreamingRuntime:
         if self._host_image is None:
             self.image.copy_(image[None])
             return
+        assert self._upload_done is not None  # made with the pinned image, on CUDA
         self._upload_done.synchronize()  # the previous frame's copy has left the pinned buffer
         self._host_image.copy_(image[None])
         self.image.copy_(self._host_image, non_blocking=True)

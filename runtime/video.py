@@ -7,7 +7,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import av
 import numpy as np
@@ -23,7 +23,7 @@ _END = object()  # end of a queue
 class DecodedFrame(NamedTuple):
     """One decoded frame: index in the video, uint8 [3, H, W] RGB, presentation time in seconds."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # the field shadows tuple.index; callers read .index
     image: torch.Tensor
     timestamp: float
 
@@ -137,7 +137,7 @@ class VideoSource:
             self._container.close()
 
 
-def _codec() -> str:
+def _codec() -> Literal["libx264", "mpeg4"]:
     """H.264 where FFmpeg has an encoder for it (playable everywhere), MPEG-4 part 2 otherwise."""
     try:
         av.codec.Codec("libx264", "w")

@@ -3,7 +3,8 @@
 import argparse
 import functools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from sltnet.errors import SltnetError
 
@@ -18,7 +19,13 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SltnetError(f"{self.prog}: {message} (see --help)")
 
 
-def console_entry(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
+class CommandMain(Protocol):
+    """A command-line tool's ``main(argv=None) -> exit status``; ``argv`` None reads ``sys.argv``."""
+
+    def __call__(self, argv: Sequence[str] | None = None) -> int: ...
+
+
+def console_entry(main: CommandMain) -> CommandMain:
     """Wrap a ``main(argv) -> status`` so that :class:`SltnetError` prints ``error: ...`` and exits 2.
 
     Anything else is a bug and keeps its traceback.

@@ -18,7 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 import pydantic
 import torch
@@ -165,7 +165,7 @@ class FrameResult(NamedTuple):
 # The manifest
 # --------------------------------------------------------------------------------------------------
 MANIFEST_FILE = "manifest.json"
-MANIFEST_FORMAT = "sltnet-engines"
+MANIFEST_FORMAT: Final = "sltnet-engines"
 FORMAT_VERSION = 2
 ENGINE_NAMES = ("frame", "temporal")
 

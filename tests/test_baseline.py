@@ -43,7 +43,10 @@ def test_overfits_two_images_and_detects_the_objects():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
     totals = []
-    for _ in range(80):
+    # 150 steps: long enough that the boxes have converged (IoU of the best box 0.8-0.9 for the seeds
+    # tried, 1 and 2 threads), so the assertions below do not depend on the CPU's rounding; after 80
+    # steps the IoU still ranged 0.36-0.9 between machines.
+    for _ in range(150):
         losses = model(images, image_sizes, targets)
         assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
         total = sum(losses.values())

@@ -399,7 +399,7 @@ def convert_d2_state(d2_state: StateDict, cfg: CfgNode | None = None) -> Convers
 def describe_state(state: StateDict) -> str:
     """A short description of the network a (converted) state dict holds, e.g.
     ``ResNet-101, 30 classes, ST head with attention (2 stages)``."""
-    blocks = {}
+    blocks: dict[int, set[int]] = {}  # stage -> indices of its blocks
     for name in state:
         match = re.match(r"backbone\.bottom_up\.res(\d)\.(\d+)\.", name)
         if match:

@@ -116,7 +116,7 @@ def _is_still_image_set(images: list[Any]) -> bool:
 
 def _validate_images(images: list[Any], still_images: bool, problems: _Problems) -> dict[int, tuple[int, int]]:
     """Check the images; return ``{image id: (width, height)}`` of the images with a usable size."""
-    required = REQUIRED_IMAGE_FIELDS
+    required: tuple[str, ...] = REQUIRED_IMAGE_FIELDS
     if still_images:
         required = tuple(name for name in REQUIRED_IMAGE_FIELDS if name not in VIDEO_FIELDS)
     image_sizes: dict[int, tuple[int, int]] = {}

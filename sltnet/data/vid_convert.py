@@ -22,7 +22,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import NamedTuple, TextIO
+from typing import IO, NamedTuple
 
 from tqdm import tqdm
 
@@ -250,8 +250,8 @@ def find_video_folders(annotations_dir: str) -> list[VideoFolder]:
     while pending:
         relative = pending.pop()
         folder = os.path.join(annotations_dir, relative)
-        with os.scandir(folder) as entries:
-            entries = sorted(entries, key=lambda entry: entry.name)
+        with os.scandir(folder) as scanned:
+            entries = sorted(scanned, key=lambda entry: entry.name)
         subfolders = [entry.name for entry in entries if entry.is_dir()]
         xml_names = [entry.name for entry in entries if entry.is_file() and entry.name.endswith(".xml")]
         if xml_names and not relative:
@@ -350,7 +350,8 @@ def convert_vid_to_stcoco(
                 video_has_frames = True
             videos_written += video_has_frames
     if unmatched_keys:
-        missing = min(unmatched_keys, key=frame_index.get)
+        assert frame_index is not None  # only an image set leaves keys unmatched
+        missing = min(unmatched_keys, key=frame_index.__getitem__)
         raise SltnetError(
             f"{image_set}: frame {missing} has no annotation file {missing}.xml under {annotations_dir}"
             + (" (or its video is not in the videos list)" if videos_list is not None else "")
@@ -410,7 +411,7 @@ def _annotation_entry(annotation_id: int, image_id: int, obj: VidObject) -> dict
     }
 
 
-def _write_json_object(fp: TextIO, head: dict, arrays: dict[str, Iterable[dict]]) -> None:
+def _write_json_object(fp: IO[str], head: dict, arrays: dict[str, Iterable[dict]]) -> None:
     """Write ``{**head, **arrays}`` as JSON, serialising the arrays one entry at a time so that a
     million-frame dataset never exists as one big Python structure."""
     fp.write("{")

@@ -50,7 +50,9 @@ class FrameEngine(nn.Module):
     def layout(self, image: Tensor) -> tuple[list[int], LevelMosaic]:
         """A split by RPN level and the feature mosaic's layout for images of ``image``'s size."""
         levels, rpn_outputs = self._run(image)
-        return rpn_outputs.num_anchors_per_level, LevelMosaic(tuple(tuple(level.shape[2:]) for level in levels))
+        return rpn_outputs.num_anchors_per_level, LevelMosaic(
+            tuple((level.shape[2], level.shape[3]) for level in levels)
+        )
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """uint8 [1, 3, H_in, W_in] RGB → (features [1, C, H_m, W_m], logits [A], boxes [A, 4])."""

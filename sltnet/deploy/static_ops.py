@@ -55,11 +55,11 @@ class _NonMaxSuppression(torch.autograd.Function):
     it stops there."""
 
     @staticmethod
-    def forward(ctx, boxes: Tensor, scores: Tensor, iou_threshold: float, max_kept: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, boxes: Tensor, scores: Tensor, iou_threshold: float, max_kept: int) -> Tensor:
         return nms(boxes, scores, iou_threshold)[:max_kept]
 
     @staticmethod
-    def symbolic(g, boxes, scores, iou_threshold: float, max_kept: int):  # type: ignore[no-untyped-def]
+    def symbolic(g, boxes, scores, iou_threshold: float, max_kept: int):
         num_boxes = boxes.type().sizes()[0]
         boxes_3d = g.op("Reshape", boxes, g.op("Constant", value_t=torch.tensor([1, num_boxes, 4])))
         scores_3d = g.op("Reshape", scores, g.op("Constant", value_t=torch.tensor([1, 1, num_boxes])))
@@ -218,7 +218,7 @@ class FixedDetections(NamedTuple):
     boxes: Tensor
     scores: Tensor
     classes: Tensor
-    count: Tensor
+    count: Tensor  # type: ignore[assignment]  # the field shadows tuple.count; callers read .count
 
 
 def postprocess_fixed(

@@ -69,20 +69,23 @@ class TemporalEngine(nn.Module):
         self.model = model
         self.num_anchors_per_level = list(num_anchors_per_level)
         self.mosaic = mosaic
-        self.image_size = tuple(image_size)
+        self.image_size = (image_size[0], image_size[1])
         self.temporal = isinstance(model, SLTnet)
-        self.long_term = self.temporal and model.long_term
-        self.window = model.window if self.temporal else Window(1)
+        self.long_term = isinstance(model, SLTnet) and model.long_term
+        self.window = model.window if isinstance(model, SLTnet) else Window(1)
         self.eval()  # inference mode for good: the RPN's top-k values below are the test-time ones
         rpn = model.rpn
         num_candidates = sum(min(rpn.pre_nms_topk, count) for count in self.num_anchors_per_level)
         self.num_tubelets = min(rpn.post_nms_topk, num_candidates)
-        self.entry_rows = min(model.num_ref_rois, self.num_tubelets) if self.long_term else 0
+        self.entry_rows = (
+            min(model.num_ref_rois, self.num_tubelets) if isinstance(model, SLTnet) and model.long_term else 0
+        )
         self.num_keyframes = num_keyframes if self.long_term else 0
 
     @property
     def feature_dim(self) -> int:
         """d, the width of memory features (SLTnet only)."""
+        assert isinstance(self.model, SLTnet), "only SLTnet has memory features"
         return self.model.st_cls_predictor.cls_score.in_features
 
     def slot_outputs(self, slot: int) -> list[str]:
@@ -132,17 +135,23 @@ class TemporalEngine(nn.Module):
         ]
         reference_rois = pooled[self.window.reference_position]
         reference_boxes = tubelets.boxes[self.window.reference_position]
-        if self.temporal:
+        if isinstance(model, SLTnet):
             if self.long_term:  # the K slots' rows side by side: [K·P, d], [K·P, 4], [K·P]
-                memory = tuple(
+                memory_features, memory_boxes, memory_valid = (
                     torch.cat([named[memory_input_name(slot, part)] for slot in range(self.num_keyframes)])
                     for part in MEMORY_PARTS
                 )
             else:
-                memory = self.empty_entry(reference_boxes)
+                memory_features, memory_boxes, memory_valid = self.empty_entry(reference_boxes)
             aggregated = model.aggregation(pooled, self.window.reference_position)
             probs, box_deltas, entry_features = model.score_tubelets(
-                reference_rois, aggregated, reference_boxes, *memory, valid=tubelets.valid
+                reference_rois,
+                aggregated,
+                reference_boxes,
+                memory_features,
+                memory_boxes,
+                memory_valid,
+                valid=tubelets.valid,
             )
         else:
             class_logits, box_deltas = roi_heads.box_predictor(roi_heads.box_head(reference_rois))

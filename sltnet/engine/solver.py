@@ -12,7 +12,8 @@ _NORM_TYPES = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
 
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.SGD:
     """SGD over the trainable parameters; normalisation layers get ``SOLVER.WEIGHT_DECAY_NORM``."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for module in model.modules():
         for param in module.parameters(recurse=False):
             if not param.requires_grad:

@@ -73,7 +73,9 @@ from sltnet.engine.training_state import (
     truncate_metrics,
 )
 from sltnet.errors import SltnetError
+from sltnet.modeling.baseline import FasterRCNN
 from sltnet.modeling.build import build_model
+from sltnet.modeling.sltnet import SLTnet
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -263,7 +265,7 @@ def _build_loader(cfg: CfgNode, stream: TrainingSampleStream, samples_seen: int,
     )
 
 
-def _wrap_for_processes(model: nn.Module, device: torch.device) -> nn.Module:
+def _wrap_for_processes(model: FasterRCNN | SLTnet, device: torch.device) -> nn.Module:
     """The loss computation, under DistributedDataParallel when there are several processes."""
     losses_module = TrainingLosses(model)
     if get_world_size() == 1:

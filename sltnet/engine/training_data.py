@@ -7,6 +7,7 @@ process takes its slice of every iteration's global batch.
 
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -149,7 +150,15 @@ def move_group(group: TrainingGroup, device: torch.device) -> TrainingGroup:
     return replace(group, **_frame_group_tensors(group, device), support=support)
 
 
-def _frame_group_tensors(group: FrameGroup, device: torch.device) -> dict[str, torch.Tensor]:
+class _FrameGroupTensors(TypedDict):
+    """The tensor fields of a :class:`FrameGroup`."""
+
+    images: torch.Tensor
+    boxes: torch.Tensor
+    classes: torch.Tensor
+
+
+def _frame_group_tensors(group: FrameGroup, device: torch.device) -> _FrameGroupTensors:
     return {
         "images": group.images.to(device, non_blocking=True),
         "boxes": group.boxes.to(device, non_blocking=True),

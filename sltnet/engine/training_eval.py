@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from torch import nn
 from yacs.config import CfgNode
 
 from sltnet.data.catalog import DatasetCatalog
@@ -15,12 +14,14 @@ from sltnet.engine.training_state import note
 from sltnet.errors import SltnetError
 from sltnet.evaluation import evaluate, format_table, parse_detections, write_metrics
 from sltnet.evaluation.inference import detect_dataset
+from sltnet.modeling.baseline import FasterRCNN
+from sltnet.modeling.sltnet import SLTnet
 
 FINAL_METRICS_FILE = "metrics_final.json"
 
 
 def evaluate_trained_model(
-    model: nn.Module, cfg: CfgNode, catalog: DatasetCatalog, output_dir: Path, progress: bool = True
+    model: FasterRCNN | SLTnet, cfg: CfgNode, catalog: DatasetCatalog, output_dir: Path, progress: bool = True
 ) -> dict[str, dict[str, Any]]:
     """Detect and score every ``DATASETS.TEST`` dataset whose annotation file exists; print the
     tables and write ``OUTPUT_DIR/metrics_final.json`` (``{dataset name: metrics}``).

@@ -21,6 +21,8 @@ from sltnet.atomic_io import atomic_write_text
 from sltnet.data.batching import TrainingGroup
 from sltnet.engine.distributed import is_main_process
 from sltnet.errors import SltnetError
+from sltnet.modeling.baseline import FasterRCNN
+from sltnet.modeling.sltnet import SLTnet
 
 # MODEL keys a resumed run may change: where it runs, and the initial weights (the checkpoint
 # replaces them).
@@ -30,7 +32,7 @@ _RESUMABLE_MODEL_KEYS = ("MODEL.DEVICE", "MODEL.WEIGHTS")
 class TrainingLosses(nn.Module):
     """``model.training_losses`` as ``forward``, the call DistributedDataParallel synchronises."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: FasterRCNN | SLTnet) -> None:
         super().__init__()
         self.model = model
 

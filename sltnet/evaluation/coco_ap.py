@@ -54,13 +54,15 @@ def coco_metrics(
         ``{name: value}`` for :data:`COCO_METRICS`, values in [0, 1]; None where COCO has no ground truth
         to score (for instance APl without large objects).
     """
-    category_ids = np.asarray(category_ids, dtype=np.int64)
+    category_id_by_class = np.asarray(category_ids, dtype=np.int64)
     images = [{"id": image_id} for image_id in ground_truth.frame_image_ids.tolist()]
-    categories = [{"id": category_id} for category_id in category_ids.tolist()]
+    categories = [{"id": category_id} for category_id in category_id_by_class.tolist()]
     gt_annotations = _annotations(
-        ground_truth.frame_image_ids[ground_truth.frame_index], category_ids[ground_truth.classes], ground_truth.boxes
+        ground_truth.frame_image_ids[ground_truth.frame_index],
+        category_id_by_class[ground_truth.classes],
+        ground_truth.boxes,
     )
-    dt_annotations = _annotations(detections.image_ids, category_ids[detections.classes], detections.boxes)
+    dt_annotations = _annotations(detections.image_ids, category_id_by_class[detections.classes], detections.boxes)
     for annotation, score in zip(dt_annotations, detections.scores.tolist()):
         annotation["score"] = score
 

@@ -88,7 +88,7 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100.0 * value:.1f}"
 
 
-def _rows(header: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
+def _rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     """Left-aligned first column, right-aligned others, widths fitted to the content."""
     table = [list(header)] + [list(row) for row in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
-from sltnet.data.batching import FrameGroup
+from sltnet.data.batching import TrainingGroup
 from sltnet.errors import SltnetError
 from sltnet.modeling.backbone import FPNBackbone, build_backbone
 from sltnet.modeling.box_head import RoIHeads, build_roi_heads
@@ -63,7 +63,7 @@ class FasterRCNN(nn.Module):
         rpn_outputs = self.rpn([features[name] for name in self.rpn_in_features])
         return [features[name] for name in self.roi_in_features], rpn_outputs
 
-    def training_losses(self, groups: Sequence[FrameGroup]) -> dict[str, Tensor]:
+    def training_losses(self, groups: Sequence[TrainingGroup]) -> dict[str, Tensor]:
         """Stage-1 losses of a batch of one-frame groups (the reference frame of each is used).
 
         The images are zero-padded to the largest one so they form one batch.

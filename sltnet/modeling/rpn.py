@@ -40,6 +40,7 @@ class RPNHead(nn.Module):
         self.anchor_deltas = nn.Conv2d(channels, num_anchors * 4, kernel_size=1)
         for layer in (self.conv, self.objectness_logits, self.anchor_deltas):
             nn.init.normal_(layer.weight, std=0.01)
+            assert layer.bias is not None
             nn.init.constant_(layer.bias, 0)
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -268,17 +269,17 @@ class RegionProposalNetwork(nn.Module):
         Returns:
             ``loss_rpn_cls`` and ``loss_rpn_loc``.
         """
-        labels, target_deltas = [], []
+        per_image_labels, per_image_target_deltas = [], []
         for image_gt_boxes in gt_boxes:
             matched_index, image_labels = match_boxes(self.matcher, image_gt_boxes, outputs.anchors)
             positive_mask, negative_mask = self.sampler([image_labels])
             sampled = positive_mask[0].bool() | negative_mask[0].bool()
-            labels.append(torch.where(sampled, image_labels, torch.full_like(image_labels, IGNORED)))
+            per_image_labels.append(torch.where(sampled, image_labels, torch.full_like(image_labels, IGNORED)))
             # Without ground truth no anchor is positive; the anchors stand in as (unused) targets.
             matched_gt = image_gt_boxes[matched_index] if len(image_gt_boxes) else outputs.anchors
-            target_deltas.append(self.box_coder.encode_single(matched_gt, outputs.anchors))
-        labels = torch.stack(labels)
-        target_deltas = torch.stack(target_deltas)
+            per_image_target_deltas.append(self.box_coder.encode_single(matched_gt, outputs.anchors))
+        labels = torch.stack(per_image_labels)
+        target_deltas = torch.stack(per_image_target_deltas)
 
         sampled = labels != IGNORED
         positive = labels == FOREGROUND

@@ -266,6 +266,7 @@ class SLTnet(FasterRCNN):
         """Long-term references from support groups: per group, the reference frame's first
         (P - #GT) tubelets plus its ground-truth tubelets, aggregated, through ReLU(fc_0). ``like``
         gives the device and dtype of the empty result when there is no support group."""
+        assert isinstance(self.st_box_head, STAttentionBoxHead), "support references need long-term attention"
         ref_features, ref_boxes = [], []
         for group in support:
             features, tubelets = self._frozen_window(group)

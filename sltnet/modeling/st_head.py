@@ -5,6 +5,8 @@ Parameter names follow the original SLTnet checkpoints (``roi_heads.st_box_head.
 and ``roi_heads.st_cls_predictor.cls_score``), so those map onto these modules unchanged.
 """
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,8 +32,16 @@ def _make_conv1x1(in_channels: int, out_channels: int, groups: int = 1) -> nn.Co
     """1x1 convolution with normal(std 0.01) weights and zero bias."""
     conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, groups=groups)
     nn.init.normal_(conv.weight, std=0.01)
+    assert conv.bias is not None
     nn.init.zeros_(conv.bias)
     return conv
+
+
+def _conv1x1_parameters(module: nn.Module) -> tuple[Tensor, Tensor]:
+    """Weight and bias of a convolution made by :func:`_make_conv1x1` (an entry of an ``nn.ModuleList``)."""
+    conv = cast(nn.Conv2d, module)
+    assert conv.bias is not None
+    return conv.weight, conv.bias
 
 
 class STFCBoxHead(nn.Module):
@@ -141,8 +151,9 @@ class STAttentionBoxHead(nn.Module):
         geometric_weights = None
         if not self.location_free:
             # Every stage's W_G at once on the shared geometry: [R, M, S·G] -> [S, G, R, M].
-            weight = torch.cat([conv.weight.flatten(1) for conv in self.Wgs])
-            bias = torch.cat([conv.bias for conv in self.Wgs])
+            geometry_parameters = [_conv1x1_parameters(conv) for conv in self.Wgs]
+            weight = torch.cat([conv_weight.flatten(1) for conv_weight, _ in geometry_parameters])
+            bias = torch.cat([conv_bias for _, conv_bias in geometry_parameters])
             projected = F.relu(project_geometry_embedding(box_geometry(boxes, all_ref_boxes), weight, bias))
             geometric_weights = projected.permute(2, 0, 1).reshape(num_stages, self.num_groups, len(x), len(refs))
         logit_bias = attention_bias(geometric_weights, key_mask)  # [S, G, R, M], [M] or None
@@ -150,7 +161,7 @@ class STAttentionBoxHead(nn.Module):
         for stage in range(num_stages):
             if stage > 0:
                 x = F.relu(self.fcs[stage](x))
-            stage_bias = logit_bias[stage] if geometric_weights is not None else logit_bias
+            stage_bias = logit_bias[stage] if geometric_weights is not None and logit_bias is not None else logit_bias
             x = x + self._attention(stage, x, refs, stage_bias)
         return x, entry
 
@@ -163,14 +174,14 @@ class STAttentionBoxHead(nn.Module):
         references first, so each head averages d/G channels instead of d (the same sum, G times less
         work).
         """
-        mixing = self.Wvs[stage]
+        mixing_weight, mixing_bias = _conv1x1_parameters(self.Wvs[stage])
         num_refs, dim = refs.shape
-        head_values = F.linear(refs, mixing.weight.flatten(1))  # [M, d]: W_V of every head, applied to refs
+        head_values = F.linear(refs, mixing_weight.flatten(1))  # [M, d]: W_V of every head, applied to refs
         head_values = head_values.view(num_refs, self.num_groups, dim // self.num_groups).transpose(0, 1)
         heads = relation_attention(
             self.Wqs[stage](x), self.Wks[stage](refs), head_values, self.num_groups, logit_bias
         )  # [R, G, d/G]
-        return heads.reshape(len(x), dim) + mixing.bias
+        return heads.reshape(len(x), dim) + mixing_bias
 
 
 class STClassifier(nn.Module):

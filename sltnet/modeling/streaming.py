@@ -110,6 +110,7 @@ class StreamingDetector:
 
     def _detect(self, reference: int, num_frames_seen: int) -> FrameResult:
         model = self.model
+        assert isinstance(model, SLTnet), "frames wait for a window only with SLTnet"
         indices = model.window.indices(reference, num_frames_seen)
         window = [self._window[i] for i in indices]
         if self.memory is not None:

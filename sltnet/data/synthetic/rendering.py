@@ -124,7 +124,9 @@ def _blurred_layer(track: Track, frame: int, hide: Hide, image_size: int) -> Lay
         if window is None:
             return None
         samples = int(np.clip(math.ceil(length) + 1, 3, 32))  # about one sample per pixel of smear
-        colour, alpha = 0.0, 0.0
+        x0, y0, x1, y1 = window
+        colour = np.zeros((y1 - y0, x1 - x0, 3), dtype=np.float32)
+        alpha = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
         for step in np.linspace(-length / 2, length / 2, samples):
             sample_colour, sample_alpha = _object_layer(track, frame, window, tuple(step * direction), False)
             colour, alpha = colour + sample_colour, alpha + sample_alpha

@@ -91,7 +91,8 @@ def build_stcoco(
         video_annotations: per video (named by :func:`video_name` of its index), per frame, the
             objects from :func:`frame_annotations`.
     """
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for video_index, frames in enumerate(video_annotations):
         video = video_name(video_index)
         for frame, objects in enumerate(frames):
