@@ -75,8 +75,7 @@ def _check_same_setup(manifest: Manifest, cfg: CfgNode) -> None:
             f"pass MODEL.ROI_HEADS.SCORE_THRESH_TEST {score_thresh}"
         )
     if cfg.MODEL.META_ARCHITECTURE == "SLTnet":
-        st = cfg.MODEL.SPATIOTEMPORAL
-        mode = Window(st.NUM_FRAMES, st.FORWARD_AGGREGATION).temporal_mode()
+        mode = Window.of_config(cfg.MODEL.SPATIOTEMPORAL).temporal_mode()
         if mode != manifest.mode:
             raise SltnetError(f"the engines are {manifest.mode}, the config is {mode}")
 

@@ -149,8 +149,7 @@ def config_target(config_file: str, weights: str, input_size: Sequence[int] | No
     """An eager-only row target from a model config and its weights."""
     cfg = load_config(config_file, ["MODEL.WEIGHTS", weights])
     if cfg.MODEL.META_ARCHITECTURE == "SLTnet":
-        st = cfg.MODEL.SPATIOTEMPORAL
-        window = Window(st.NUM_FRAMES, st.FORWARD_AGGREGATION)
+        window = Window.of_config(cfg.MODEL.SPATIOTEMPORAL)
         mode, num_frames = window.temporal_mode(), window.num_frames
     else:
         mode, num_frames = "single_frame", 1

@@ -18,7 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 import pydantic
 import torch
@@ -107,6 +107,11 @@ class Window:
     def __post_init__(self) -> None:
         if self.num_frames < 1:
             raise ValueError(f"num_frames must be at least 1, got {self.num_frames}")
+
+    @classmethod
+    def of_config(cls, spatiotemporal: Any) -> "Window":
+        """The window of a config's ``MODEL.SPATIOTEMPORAL`` node (``NUM_FRAMES``, ``FORWARD_AGGREGATION``)."""
+        return cls(spatiotemporal.NUM_FRAMES, bool(spatiotemporal.FORWARD_AGGREGATION))
 
     @classmethod
     def of_mode(cls, mode: str, num_frames: int) -> "Window":

@@ -64,6 +64,19 @@ def test_window_indices(t, length, n, symmetric, expected):
     assert window.latency == (n if symmetric else 0)
 
 
+@pytest.mark.parametrize("mode, num_frames, size", [("sequential", 3, 3), ("symmetric", 2, 5), ("single_frame", 4, 1)])
+def test_window_modes_round_trip(mode, num_frames, size):
+    """A manifest's mode and N give the window; an SLTnet window names its mode; a config gives the same window."""
+    window = Window.of_mode(mode, num_frames)
+    assert window.size == size
+    if mode != "single_frame":
+        assert window.temporal_mode() == mode
+        cfg = get_cfg()
+        cfg.MODEL.SPATIOTEMPORAL.NUM_FRAMES = num_frames
+        cfg.MODEL.SPATIOTEMPORAL.FORWARD_AGGREGATION = mode == "symmetric"
+        assert Window.of_config(cfg.MODEL.SPATIOTEMPORAL) == window
+
+
 def test_video_windows_gives_one_window_per_real_frame_in_order():
     video = make_video([[0]] * 4)
     windows = list(video_windows(video, Window(2, symmetric=True)))

@@ -12,7 +12,7 @@ classes in ascending category-id order.
 
 import pickle
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -163,16 +163,8 @@ def d2_to_sltnet(state: StateDict, fpn_stages: Sequence[int] = DEFAULT_FPN_STAGE
     Returns:
         the renamed state dict (same tensors) and the detectron2 names no rule covers.
     """
-    renamed, unmapped = {}, []
-    for name, tensor in state.items():
-        if IGNORED_D2_NAMES.search(name):
-            continue
-        ours = _rename(name, False, fpn_stages, None)
-        if ours is None:
-            unmapped.append(name)
-        else:
-            renamed[ours] = tensor
-    return renamed, unmapped
+    kept = {name: tensor for name, tensor in state.items() if not IGNORED_D2_NAMES.search(name)}
+    return _rename_all(kept, lambda name: _rename(name, False, fpn_stages, None))
 
 
 def sltnet_to_d2(state: StateDict, fpn_stages: Sequence[int] = DEFAULT_FPN_STAGES) -> tuple[StateDict, list[str]]:
@@ -185,13 +177,18 @@ def sltnet_to_d2(state: StateDict, fpn_stages: Sequence[int] = DEFAULT_FPN_STAGE
         the renamed state dict (same tensors) and our names no rule covers.
     """
     st_head = "attention" if any(name.startswith("st_box_head.Wqs.") for name in state) else "fc"
+    return _rename_all(state, lambda name: _rename(name, True, fpn_stages, st_head))
+
+
+def _rename_all(state: StateDict, rename: Callable[[str], str | None]) -> tuple[StateDict, list[str]]:
+    """``state`` under the names ``rename`` gives, and the names it has no rule for."""
     renamed, unmapped = {}, []
     for name, tensor in state.items():
-        d2_name = _rename(name, True, fpn_stages, st_head)
-        if d2_name is None:
+        new_name = rename(name)
+        if new_name is None:
             unmapped.append(name)
         else:
-            renamed[d2_name] = tensor
+            renamed[new_name] = tensor
     return renamed, unmapped
 
 

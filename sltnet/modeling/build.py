@@ -31,7 +31,7 @@ def build_sltnet(cfg: CfgNode) -> SLTnet:
         st_box_head=build_st_box_head(cfg),
         st_cls_predictor=STClassifier(cfg.MODEL.ROI_BOX_HEAD.FC_DIM, cfg.MODEL.ROI_HEADS.NUM_CLASSES),
         aggregation=TubeletAggregation(st.AGGREGATION),
-        window=Window(st.NUM_FRAMES, st.FORWARD_AGGREGATION),
+        window=Window.of_config(st),
         double_head=st.DOUBLE_HEAD,
         num_ref_rois=st.ROI_BOX_HEAD.REF_POST_NMS_TOP_N,
     )
