@@ -2,7 +2,9 @@
 
 import argparse
 import functools
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -26,13 +28,23 @@ class CommandMain(Protocol):
 
 
 def console_entry(main: CommandMain) -> CommandMain:
-    """Wrap a ``main(argv) -> status`` so that :class:`SltnetError` prints ``error: ...`` and exits 2.
+    """Wrap a ``main(argv) -> status`` so that :class:`SltnetError` prints ``error: ...`` and exits 2,
+    and SIGINT or SIGTERM (what a service manager sends) stops it the same way: outputs in progress are
+    removed, ``error: interrupted`` is printed and the status is 130 (143 for SIGTERM).
 
     Anything else is a bug and keeps its traceback.
     """
 
     @functools.wraps(main)
     def wrapped(argv: Sequence[str] | None = None) -> int:
+        received: list[int] = []
+
+        def interrupt(signum: int, frame: object) -> None:
+            received.append(signum)
+            raise KeyboardInterrupt
+
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, interrupt) if in_main_thread else None
         try:
             return main(argv)
         except SltnetError as err:
@@ -40,6 +52,9 @@ def console_entry(main: CommandMain) -> CommandMain:
             return EXIT_USER_ERROR
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
-            return 130
+            return 128 + (received[0] if received else signal.SIGINT)
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     return wrapped
