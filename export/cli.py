@@ -8,9 +8,15 @@ Writes ``DIR/frame.onnx``, ``DIR/temporal.onnx`` and ``DIR/manifest.json``; with
 also ``DIR/frame.engine`` and ``DIR/temporal.engine`` (TensorRT 10) and a timing cache. Without
 TensorRT or a GPU, ``--format trt`` still writes the ONNX files and the manifest, then fails with
 one line (exit status 2).
+
+The export is written into a new folder beside DIR that replaces DIR once the ONNX files and the
+manifest are complete, so an interrupted export leaves the previous one loadable; a DIR holding
+anything an export does not write is refused. An SLTnet config with stage-1 weights (no
+spatio-temporal head) is refused unless ``--allow-untrained-head``.
 """
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,19 +24,29 @@ import torch
 from yacs.config import CfgNode
 
 from export.manifest import build_manifest
-from export.onnx_export import check_exportable, default_input_size, export_onnx
+from export.onnx_export import FRAME_ONNX, TEMPORAL_ONNX, check_exportable, default_input_size, export_onnx
 from export.tensorrt_build import build_engine, tensorrt_unavailable
 from export.trt_check import check_model, default_ops_table, load_ops_table
+from sltnet.atomic_io import atomic_folder, check_outputs
 from sltnet.cli import ArgumentParser, console_entry
 from sltnet.config import load_config
-from sltnet.contract import Manifest, TensorRTSection, Window
+from sltnet.contract import MANIFEST_FILE, Manifest, TensorRTSection, Window
 from sltnet.data.catalog import add_catalog_arguments, catalog_from_args, load_dataset
 from sltnet.errors import SltnetError
-from sltnet.modeling.build import build_model
+from sltnet.modeling.build import build_model, has_temporal_weights
 from sltnet.modeling.sltnet import SLTnet
 
 ENGINE_SUFFIX = ".engine"
 TIMING_CACHE = "timing.cache"
+#: Everything an export folder may hold.
+EXPORT_FILES = {
+    MANIFEST_FILE,
+    FRAME_ONNX,
+    TEMPORAL_ONNX,
+    f"frame{ENGINE_SUFFIX}",
+    f"temporal{ENGINE_SUFFIX}",
+    TIMING_CACHE,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="check both graphs against the TensorRT operator table; list the offending nodes",
     )
     parser.add_argument(
+        "--allow-untrained-head",
+        action="store_true",
+        help="export an SLTnet config with stage-1 weights anyway (its spatio-temporal head stays random)",
+    )
+    parser.add_argument(
         "--ops-table",
         metavar="TSV",
         help="TensorRT operator table (default: export/tensorrt_onnx_ops.tsv, shipped with the package)",
@@ -89,6 +110,13 @@ def _check_arguments(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SltnetError(f"--out {out}: exists and is not a folder")
+    if out.is_dir():
+        foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in EXPORT_FILES)
+        if foreign:
+            raise SltnetError(
+                f"--out {out}: holds {', '.join(foreign[:3])}, which no export writes; the folder is replaced "
+                "as a whole, so choose a new or an export folder"
+            )
     if args.input_size is not None and min(args.input_size) <= 0:
         raise SltnetError(f"--input-size {args.input_size[0]} {args.input_size[1]}: sides must be positive")
     if args.format != "trt" and (args.fp16 or args.timing_cache):
@@ -97,11 +125,26 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise SltnetError(f"--workspace-mib {args.workspace_mib}: must be positive")
 
 
+def _check_temporal_weights(args: argparse.Namespace, weights: str) -> None:
+    """Refuse (or with --allow-untrained-head, warn about) stage-1 weights for an SLTnet: its
+    spatio-temporal head would keep its random initialisation."""
+    if not has_temporal_weights(weights):
+        problem = f"{weights}: stage-1 weights, without the SLTnet spatio-temporal head (it would be random)"
+        if not args.allow_untrained_head:
+            raise SltnetError(f"{problem}; export stage-2 weights, or pass --allow-untrained-head")
+        print(f"warning: {problem}", file=sys.stderr)
+
+
 def _load_config(args: argparse.Namespace) -> CfgNode:
     overrides = list(args.opts) + ["MODEL.DEVICE", "cpu"]
     if args.weights:
         overrides += ["MODEL.WEIGHTS", args.weights]
     cfg = load_config(args.config_file, overrides)
+    check_outputs(
+        {"--config-file": args.config_file, "--weights": cfg.MODEL.WEIGHTS or None, "--ops-table": args.ops_table},
+        {},
+        {"--out": args.out},
+    )
     if args.mode is not None and cfg.MODEL.META_ARCHITECTURE != "SLTnet":
         raise SltnetError(
             f"--mode {args.mode}: only SLTnet configs have a window mode ({args.config_file} is a single-frame model)"
@@ -186,13 +229,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     model = build_model(cfg)
+    if isinstance(model, SLTnet):
+        _check_temporal_weights(args, cfg.MODEL.WEIGHTS)
     if args.mode is not None:
         assert isinstance(model, SLTnet)  # _load_config refuses --mode for single-frame configs
         model.window = Window.of_mode(args.mode, model.window.num_frames)
-    engines = export_onnx(model, cfg, out, input_size)
-    source = {"config_file": args.config_file, "weights": cfg.MODEL.WEIGHTS}
-    manifest = build_manifest(cfg, engines, classes, category_ids, source)
-    manifest.write(out)
+    # The export is written into a new folder that replaces --out once complete: an interrupted
+    # export leaves the previous one as it was.
+    with atomic_folder(out, carry_over=(TIMING_CACHE,)) as staging:
+        engines = export_onnx(model, cfg, staging, input_size)
+        source = {"config_file": args.config_file, "weights": cfg.MODEL.WEIGHTS}
+        manifest = build_manifest(cfg, engines, classes, category_ids, source)
+        manifest.write(staging)
     onnx_names = [engine.onnx for _, engine in manifest.engines.items()]
     print(f"wrote {', '.join(onnx_names)} and manifest.json to {out} ({manifest.mode})", flush=True)
 

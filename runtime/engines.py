@@ -32,6 +32,45 @@ BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 TENSORRT_MAJOR = 10
 
 
+#: onnxruntime's element type names, as NumPy dtype names.
+ONNXRUNTIME_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+}
+
+
+def check_engine_io(
+    path: str | Path,
+    actual: dict[str, tuple[tuple, str]],
+    inputs: dict[str, TensorSpec],
+    outputs: dict[str, TensorSpec],
+) -> None:
+    """Refuse an engine file whose real tensors (``{name: (shape, NumPy dtype name)}``) are not the
+    manifest's, before the first frame reaches it.
+
+    Raises:
+        SltnetError: one line naming the file and the first tensor that differs.
+    """
+    expected = {**inputs, **outputs}
+    for name in [*expected, *actual]:
+        if name not in actual:
+            raise SltnetError(f"{path}: has no tensor {name!r}, which manifest.json lists (export again)")
+        if name not in expected:
+            raise SltnetError(f"{path}: has a tensor {name!r} that manifest.json does not list (export again)")
+        shape, dtype = actual[name]
+        spec = expected[name]
+        if (tuple(shape), dtype) != (spec.shape, spec.dtype):
+            raise SltnetError(
+                f"{path}: tensor {name!r} is {dtype} {list(shape)}, manifest.json says {spec.dtype} "
+                f"{list(spec.shape)} (export again)"
+            )
+
+
 class BoundEngine:
     """One engine whose inputs and outputs are tensors bound by name.
 
@@ -144,6 +183,11 @@ class OnnxRuntimeEngine(BoundEngine):
         else:
             providers = ["CPUExecutionProvider"]
         self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+        graph_io = {
+            value.name: (tuple(value.shape), ONNXRUNTIME_TYPES.get(value.type, value.type))
+            for value in [*self.session.get_inputs(), *self.session.get_outputs()]
+        }
+        check_engine_io(path, graph_io, self.inputs, self.outputs)
         self.binding = self.session.io_binding()
         self._device_type = "cuda" if self.device.type == "cuda" else "cpu"
 
@@ -178,9 +222,12 @@ class TensorRTEngine(BoundEngine):
         self.engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
         if self.engine is None:
             raise SltnetError(f"{path}: TensorRT cannot deserialize this engine (built by another TensorRT or GPU?)")
-        names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
-        if names != set(inputs) | set(outputs):
-            raise SltnetError(f"{path}: the engine's tensors differ from manifest.json's (export again)")
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        plan_io = {
+            name: (tuple(self.engine.get_tensor_shape(name)), trt.nptype(self.engine.get_tensor_dtype(name)).__name__)
+            for name in names
+        }
+        check_engine_io(path, plan_io, self.inputs, self.outputs)
         self.context = self.engine.create_execution_context()
 
     def _set_address(self, name: str, tensor: Tensor) -> None:

@@ -5,6 +5,7 @@ complete; a temporary file an earlier, killed run left for the same target is re
 """
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,11 +17,11 @@ from sltnet.errors import SltnetError
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def _default_file_mode() -> int:
-    """The mode ``open()`` would give a new file (mkstemp's temporary files are private)."""
+def _default_file_mode(folder: bool = False) -> int:
+    """The mode ``open()`` (or ``mkdir``) would give a new file (folder): mkstemp's and mkdtemp's are private."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return (0o777 if folder else 0o666) & ~umask
 
 
 @contextmanager
@@ -51,6 +52,55 @@ def atomic_output(path: PathLike, mode: str = "w") -> Iterator[IO]:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_folder(path: PathLike, carry_over: tuple[str, ...] = ()) -> Iterator[Path]:
+    """A new folder beside ``path``, filled by the block, that replaces ``path`` as a whole once the block
+    finishes; removed if it does not. Until then ``path`` keeps its old content.
+
+    Args:
+        carry_over: names of files to copy from the old folder first (e.g. a cache the block updates).
+    Raises:
+        SltnetError: the parent folder cannot be written.
+    """
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _recover_folder(target)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", suffix=".tmp", dir=target.parent))
+    except OSError as err:
+        raise SltnetError(f"{target}: cannot write ({err.strerror})") from None
+    try:
+        for name in carry_over:
+            if (target / name).is_file():
+                shutil.copy2(target / name, staging / name)
+        yield staging
+        os.chmod(staging, _default_file_mode(folder=True))
+        if target.exists():
+            # A folder cannot replace a non-empty one in one rename: move the old one aside first. A
+            # run killed between the two renames is repaired by _recover_folder on the next run.
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", suffix=".tmp", dir=target.parent))
+            os.replace(target, retired)
+            os.replace(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _recover_folder(target: Path) -> None:
+    """Clean up after a killed :func:`atomic_folder`: unfinished new folders go; an old folder moved
+    aside is put back if nothing replaced it, else removed."""
+    for staging in target.parent.glob(f".{target.name}.new-*.tmp"):
+        shutil.rmtree(staging, ignore_errors=True)
+    for retired in target.parent.glob(f".{target.name}.old-*.tmp"):
+        if target.exists():
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(retired, target)
 
 
 def remove_stale_temporaries(target: Path) -> None:

@@ -580,6 +580,63 @@ def test_format_trt_without_tensorrt_fails_in_one_line_after_writing_onnx(tmp_pa
     assert not list(out.glob("*.engine"))
 
 
+def test_an_engine_that_differs_from_its_manifest_is_refused_before_the_first_frame(export_copy):
+    """Checksums match (the manifest was re-signed), but the graph's real input is another shape."""
+    path = export_copy / MANIFEST_FILE
+    data = json.loads(path.read_text())
+    data["engines"]["frame"]["inputs"][0]["shape"] = [1, 3, 64, 64]
+    path.write_text(json.dumps(data))
+    manifest = Manifest.load(export_copy)
+    with pytest.raises(
+        SltnetError,
+        match=r"frame\.onnx: tensor 'image' is uint8 \[1, 3, 100, 128\], manifest\.json says uint8 \[1, 3, 64, 64\]",
+    ):
+        onnxruntime_backend(export_copy, manifest, num_threads=1)
+
+
+def test_an_interrupted_export_leaves_the_previous_export_loadable(tmp_path, weights, monkeypatch, capsys):
+    out = tmp_path / "engines"
+    assert main(baseline_export_argv(weights, out)) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("export.cli.build_manifest", interrupted)
+    assert main(baseline_export_argv(weights, out, "--input-size", "96", "96")) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: interrupted"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    Manifest.load(out)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_export_replaces_an_export_folder_and_refuses_any_other(tmp_path, weights, capsys):
+    out = tmp_path / "engines"
+    assert main(baseline_export_argv(weights, out)) == 0
+    assert main(baseline_export_argv(weights, out, "--input-size", "96", "96")) == 0
+    assert Manifest.load(out).input.size == (96, 96)
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(baseline_export_argv(weights, out)) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: --out {out}: holds notes.txt") and "\n" not in error
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_an_sltnet_export_with_stage_one_weights_is_refused_unless_allowed(tmp_path, weights, capsys):
+    argv = ["--config-file", TINY_SLTNET, "--weights", str(weights["baseline"]), "--class-names", CLASS_NAMES]
+    assert main([*argv, "--out", str(tmp_path / "refused")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        f"error: {weights['baseline']}: stage-1 weights, without the SLTnet spatio-temporal head (it would be "
+        "random); export stage-2 weights, or pass --allow-untrained-head"
+    )
+    assert not (tmp_path / "refused").exists()
+    assert main([*argv, "--out", str(tmp_path / "allowed"), "--allow-untrained-head"]) == 0
+    assert capsys.readouterr().err.strip().startswith(f"warning: {weights['baseline']}: stage-1 weights")
+    Manifest.load(tmp_path / "allowed")
+
+
 SLTNET_ARGS = ["--config-file", TINY_SLTNET, "--weights", "unused.pt", "--class-names", CLASS_NAMES]
 
 

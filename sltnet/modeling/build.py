@@ -75,6 +75,11 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def has_temporal_weights(path: str | Path) -> bool:
+    """Whether a weights file holds SLTnet's spatio-temporal head (stage-2 weights, not stage-1)."""
+    return any(key.startswith(_TEMPORAL_PREFIXES) for key in read_weights(path))
+
+
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a ``model_final.pt`` (weights) or a training checkpoint (its ``model`` entry).
 

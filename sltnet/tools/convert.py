@@ -6,7 +6,8 @@
     sltnet-convert half-weights output/my_run/model_final.pt my_model_fp16.pt
 
 A subcommand is one entry of ``SUBCOMMANDS``: its name, help line, a function that adds its arguments
-to its parser and a function that runs it on the parsed arguments.
+to its parser, a function that runs it on the parsed arguments, and which arguments name the files it
+reads and writes (an output may be none of the inputs and no other output).
 """
 
 import argparse
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
+from sltnet.atomic_io import check_outputs
 from sltnet.cli import ArgumentParser, console_entry
 from sltnet.config import load_config, save_config
 from sltnet.config.loader import ConfigWarning
@@ -25,10 +27,14 @@ from sltnet.errors import SltnetError
 
 
 class Subcommand(NamedTuple):
+    """One subcommand; ``inputs`` and ``outputs`` are ``(label, argparse dest)`` of its file arguments."""
+
     name: str
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], None]
+    inputs: tuple[tuple[str, str], ...]
+    outputs: tuple[tuple[str, str], ...]
 
 
 def _add_vid_to_stcoco_arguments(parser: argparse.ArgumentParser) -> None:
@@ -187,24 +193,32 @@ SUBCOMMANDS = (
         "ImageNet VID annotation XML tree -> ST-COCO JSON",
         _add_vid_to_stcoco_arguments,
         _run_vid_to_stcoco,
+        (("ANNOTATIONS_DIR", "annotations_dir"), ("--image-set", "image_set"), ("--videos-list", "videos_list")),
+        (("OUT_JSON", "out_json"),),
     ),
     Subcommand(
         "to-vid",
         "COCO detection results -> ImageNet VID devkit result lines",
         _add_to_vid_arguments,
         _run_to_vid,
+        (("DETECTIONS_JSON", "detections_json"), ("--gt", "gt"), ("--image-set", "image_set")),
+        (("OUT_TXT", "out_txt"),),
     ),
     Subcommand(
         "d2-checkpoint",
         "detectron2 / original SLTnet checkpoint -> weights with this project's names",
         _add_d2_checkpoint_arguments,
         _run_d2_checkpoint,
+        (("CHECKPOINT", "checkpoint"), ("--config-file", "config_file"), ("--sltnet-config", "sltnet_config")),
+        (("OUT", "out"), ("--config-out", "config_out")),
     ),
     Subcommand(
         "half-weights",
         "weights or a training checkpoint -> the model's weights in float16 (half the file size)",
         _add_half_weights_arguments,
         _run_half_weights,
+        (("WEIGHTS", "weights"),),
+        (("OUT", "out"),),
     ),
 )
 
@@ -215,12 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     for subcommand in SUBCOMMANDS:
         subparser = subparsers.add_parser(subcommand.name, help=subcommand.help, description=subcommand.help)
         subcommand.add_arguments(subparser)
-        subparser.set_defaults(run=subcommand.run)
+        subparser.set_defaults(subcommand=subcommand)
     return parser
 
 
 @console_entry
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.run(args)
+    subcommand: Subcommand = args.subcommand
+    check_outputs(
+        {label: getattr(args, dest) for label, dest in subcommand.inputs},
+        {label: getattr(args, dest) for label, dest in subcommand.outputs},
+    )
+    subcommand.run(args)
     return 0

@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Sequence
 
-from sltnet.atomic_io import atomic_output
+from sltnet.atomic_io import atomic_output, check_outputs
 from sltnet.cli import ArgumentParser, console_entry
 from sltnet.config import load_config
 from sltnet.data.catalog import add_catalog_arguments, catalog_from_args, load_dataset
@@ -63,6 +63,10 @@ def _ground_truth(args: argparse.Namespace, catalog_file: str) -> StCocoDataset:
     return load_stcoco(args.gt, args.image_root or os.path.dirname(os.path.abspath(args.gt)))
 
 
+def _outputs(args: argparse.Namespace) -> dict[str, str | None]:
+    return {"--output": args.output, "--detections-out": args.detections_out}
+
+
 def _run_model(args: argparse.Namespace) -> tuple:
     """Ground truth and the model's COCO results on it."""
     # Imported here: scoring a detections file does not need the model stack.
@@ -77,6 +81,9 @@ def _run_model(args: argparse.Namespace) -> tuple:
             f"{dataset.json_path}: {dataset.num_classes} classes, but the model has "
             f"MODEL.ROI_HEADS.NUM_CLASSES {cfg.MODEL.ROI_HEADS.NUM_CLASSES}"
         )
+    check_outputs(
+        {"the dataset's annotations": dataset.json_path, "MODEL.WEIGHTS": cfg.MODEL.WEIGHTS or None}, _outputs(args)
+    )
     results = detect_dataset(build_model(cfg), cfg, dataset, not args.no_progress, args.score_thresh)
     if args.detections_out is not None:
         with atomic_output(args.detections_out) as stream:
@@ -89,6 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_output_path("--output", args.output)
     _check_output_path("--detections-out", args.detections_out)
+    check_outputs(
+        {
+            "--gt": args.gt,
+            "--detections": args.detections,
+            "--config-file": args.config_file,
+            "--weights": args.weights,
+        },
+        _outputs(args),
+    )
     if args.detections is not None:
         if args.dataset is not None or args.weights or args.opts or args.detections_out:
             raise SltnetError("--dataset, --weights, --detections-out and KEY VALUE overrides need --config-file")
