@@ -27,7 +27,8 @@ import torch
 
 from runtime.detector import StreamingRuntime
 from runtime.engines import open_backend
-from sltnet.atomic_io import atomic_write_text
+from sltnet.atomic_io import atomic_write_text, check_outputs
+from sltnet.cli import ArgumentParser, console_entry
 from sltnet.config import load_config
 from sltnet.contract import Manifest
 from sltnet.data.catalog import DatasetCatalog, load_dataset
@@ -93,7 +94,7 @@ def parse_row(text: str) -> Row:
     name, _, spec = text.partition("=")
     parts = spec.split(",")
     if not name or len(parts) < 2:
-        sys.exit(f"error: --row {text!r}: expected NAME=CONFIG,WEIGHTS[,KEY=VALUE...]")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=CONFIG,WEIGHTS[,KEY=VALUE...]")
     overrides = [item for pair in parts[2:] for item in pair.split("=", 1)]
     return Row(name, parts[0], parts[1], overrides)
 
@@ -173,8 +174,11 @@ def markdown_table(rows: list[dict], dataset_name: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+@console_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = ArgumentParser(
+        prog="accuracy.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dataset", default="synth_small_val", help="catalog name of the split to score")
     parser.add_argument("--row", action="append", type=parse_row, help="NAME=CONFIG,WEIGHTS[,KEY=VALUE...]")
     parser.add_argument("--engine", action="append", metavar="DIR", help="export folder (repeatable)")
@@ -182,7 +186,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="intra-op threads of PyTorch and onnxruntime (default: theirs)")
     parser.add_argument("--json", help="write the rows as JSON")
     parser.add_argument("--markdown", help="write the table as Markdown")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_outputs({}, {"--json": args.json, "--markdown": args.markdown})
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -211,7 +216,8 @@ def main() -> None:
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     if args.markdown:
         atomic_write_text(args.markdown, table + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

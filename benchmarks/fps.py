@@ -47,7 +47,7 @@ from export.onnx_export import default_input_size
 from runtime.detector import TIMED_STAGES, StreamingRuntime
 from runtime.engines import open_backend
 from runtime.video import VideoSource
-from sltnet.atomic_io import atomic_write_text
+from sltnet.atomic_io import atomic_write_text, check_outputs
 from sltnet.cli import ArgumentParser, console_entry
 from sltnet.config import load_config
 from sltnet.contract import FrameResult, Manifest, Window
@@ -448,6 +448,7 @@ def _check_arguments(args) -> None:
         raise SltnetError("--config-file and --weights: give both or neither")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SltnetError("--device cuda: torch sees no CUDA device here")
+    check_outputs({"--video": args.video}, {"--json": args.json})
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise SltnetError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
 

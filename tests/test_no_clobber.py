@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import accuracy, fps
 from export.cli import main as export_main
 from sltnet.tools.convert import main as convert_main
 from sltnet.tools.eval import main as eval_main
@@ -67,6 +68,12 @@ CASES = {
         convert_main,
         ("val.txt",),
         "vid-to-stcoco annotations {val.txt} --image-set {val.txt}",
+    ),
+    "benchmarks/fps.py --json is --video": (fps.main, ("clip.mp4",), "--video {clip.mp4} --json {clip.mp4}"),
+    "benchmarks/accuracy.py --markdown is --json": (
+        accuracy.main,
+        ("table.md",),
+        "--json {table.md} --markdown {table.md}",
     ),
     "export --out holds the weights": (
         export_main,
