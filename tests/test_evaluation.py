@@ -169,6 +169,19 @@ def test_later_detection_takes_the_best_free_ground_truth():
     assert matched.tolist() == [1, 0]
 
 
+def test_equal_scores_rank_in_frame_order_whatever_the_file_order():
+    """The devkit sorts by score with a stable sort over frames taken in order: a shuffled file scores
+    the same as a sorted one."""
+    box = [0, 0, 100, 100]
+    dataset = make_dataset([("a", 0), ("a", 1)], [("a", 1, 0, 0, box)])
+    false_positive, true_positive = ("a", 0, 0, 0.5, box), ("a", 1, 0, 0.5, box)
+    in_frame_order = evaluate(dataset, make_detections(dataset, [false_positive, true_positive]))
+    shuffled = evaluate(dataset, make_detections(dataset, [true_positive, false_positive]))
+    # Frame 0's false positive ranks first: precision 1/2 at recall 1.
+    assert in_frame_order["vid"]["mAP"] == pytest.approx(0.5)
+    assert shuffled["vid"] == in_frame_order["vid"]
+
+
 def test_class_without_ground_truth_is_skipped():
     cat, dog1, dog2 = [0, 0, 50, 50], [100, 0, 150, 50], [200, 0, 250, 50]
     dataset = make_dataset([("a", 0)], [("a", 0, 0, 0, cat), ("a", 0, 1, 1, dog1), ("a", 0, 1, 2, dog2)])

@@ -155,6 +155,7 @@ def subset_average_precisions(
     return class_average_precisions(
         detections.scores,
         detections.classes,
+        matches.frame_index,
         true_positive,
         false_positive,
         np.bincount(ground_truth.classes[counted], minlength=num_classes),

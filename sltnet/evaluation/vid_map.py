@@ -211,6 +211,7 @@ def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
 def class_average_precisions(
     scores: np.ndarray,
     classes: np.ndarray,
+    frame_index: np.ndarray,
     true_positive: np.ndarray,
     false_positive: np.ndarray,
     num_positives: np.ndarray,
@@ -219,13 +220,15 @@ def class_average_precisions(
 
     Args:
         scores, classes: [n] of the detections.
+        frame_index: [n] their frames' positions: equal scores rank in frame order, then in file order,
+            as the devkit's stable sort over frames taken in order does (a shuffled file scores the same).
         true_positive, false_positive: [n] float64 weight each detection adds to the TP and FP counts
             (0 and 1 for plain VID mAP; the motion breakdown also ignores detections and weights some FPs).
         num_positives: [K] number of GTs each class must find.
     Returns:
         [K] float64 AP; NaN for classes without ground truth, which are skipped.
     """
-    order = np.argsort(-scores, kind="stable")
+    order = np.lexsort((np.arange(len(scores)), frame_index, -scores))
     sorted_classes = classes[order]
     aps = np.full(len(num_positives), np.nan)
     for cls in np.flatnonzero(num_positives > 0):
@@ -249,6 +252,7 @@ def vid_average_precisions(
     return class_average_precisions(
         detections.scores,
         detections.classes,
+        matches.frame_index,
         true_positive,
         1.0 - true_positive,
         np.bincount(ground_truth.classes, minlength=num_classes),
