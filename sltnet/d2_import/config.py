@@ -55,7 +55,8 @@ DETECTRON2_DEFAULTS: dict[str, Any] = {
 #: project does not have are dropped silently when they hold a supported value.
 SUPPORTED_VALUES: dict[str, tuple[Any, ...]] = {
     "MODEL.BACKBONE.NAME": ("build_resnet_fpn_backbone",),
-    "MODEL.PROPOSAL_GENERATOR.NAME": ("RPN",),
+    # ST_RPN: the original SLTnet's RPN over a frame group, which this project's RPN + anchor linking is.
+    "MODEL.PROPOSAL_GENERATOR.NAME": ("RPN", "ST_RPN"),
     "MODEL.ROI_HEADS.NAME": ("StandardROIHeads", "StROIHeads"),
     "MODEL.ROI_BOX_HEAD.NAME": ("FastRCNNConvFCHead",),
     "MODEL.MASK_ON": (False,),
