@@ -6,29 +6,34 @@
 VIDEO is anything FFmpeg reads, or a folder of image files (sorted by name). Its frames must have
 the export's input size: the frame engine resizes inside, so a host-side resize in front would
 resize twice; other sizes are refused with the ``sltnet-export --input-size H W`` to use.
-Outputs are written under temporary names and renamed once complete.
+Outputs are written under temporary names and renamed once complete (an error or an interruption
+removes them); an output is never one of the inputs or the other output. Nothing is kept per frame:
+the detections are streamed into the JSON as they come.
 """
 
 import argparse
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
+from typing import IO
 
 from tqdm import tqdm
 
 from runtime.detector import StreamingRuntime
 from runtime.draw import annotate
 from runtime.engines import BACKENDS, open_backend
-from runtime.video import VideoSource, VideoWriter
-from sltnet.atomic_io import atomic_write_text
+from runtime.video import DecodedFrame, VideoSource, VideoWriter
+from sltnet.atomic_io import atomic_output, check_outputs
 from sltnet.cli import ArgumentParser, console_entry
 from sltnet.contract import FrameResult, Manifest
 from sltnet.errors import SltnetError
 
 DEFAULT_ENGINE = "./output/engines/small_sltnet_sequential"
 FPS_SMOOTHING = 0.9  # weight of the past in the overlay's moving average
+MAX_FPS = 1000.0  # the highest --fps of a folder of images
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--score-thresh", type=float, metavar="T", help="keep detections scoring >= T (default: the export's)"
     )
     parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
-    parser.add_argument("--fps", type=float, default=25.0, help="frame rate of a folder of images (default 25)")
+    parser.add_argument(
+        "--fps", type=float, default=25.0, help=f"frame rate of a folder of images (default 25, at most {MAX_FPS:g})"
+    )
     parser.add_argument(
         "--gt-json",
         metavar="GT.json",
@@ -104,17 +111,65 @@ def coco_results(result: FrameResult, timestamp: float, image_id: int, manifest:
     return entries
 
 
+class ResultsArray:
+    """The COCO results array streamed into ``stream`` one entry at a time (nothing kept per frame).
+
+    Writes what ``json.dumps(entries) + "\\n"`` of all the entries would, once :meth:`end` is called.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self.count = 0
+        stream.write("[")
+
+    def extend(self, entries: Iterable[dict]) -> None:
+        for entry in entries:
+            self._stream.write((", " if self.count else "") + json.dumps(entry))
+            self.count += 1
+
+    def end(self) -> None:
+        self._stream.write("]\n")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Every numeric option in its range, before any work.
+
+    Raises:
+        SltnetError: one line naming the option and the value.
+    """
+    if args.max_frames is not None and args.max_frames < 1:
+        raise SltnetError(f"--max-frames {args.max_frames}: must be at least 1")
+    if not 0 < args.fps <= MAX_FPS:
+        raise SltnetError(f"--fps {args.fps}: must be more than 0 and at most {MAX_FPS} frames per second")
+    if args.score_thresh is not None and not 0 <= args.score_thresh <= 1:
+        raise SltnetError(f"--score-thresh {args.score_thresh}: must be between 0 and 1")
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Refuse an output that is an input (the video, a frame of a folder, --gt-json, a file of the
+    engine folder; links resolved) or the other output, and an output folder that cannot be written.
+
+    Raises:
+        SltnetError: one line naming both paths.
+    """
+    inputs: dict[str, str | None] = {"VIDEO": args.video, "--gt-json": args.gt_json}
+    for option, folder in (("VIDEO", args.video), ("--engine", args.engine)):
+        if os.path.isdir(folder):
+            inputs.update({f"{option}'s {file.name}": str(file) for file in sorted(Path(folder).iterdir())})
+    check_outputs(inputs, {"--out": args.out, "--json": args.json})
+    _check_writable("--out", args.out)
+    _check_writable("--json", args.json)
+
+
 @console_entry
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.max_frames is not None and args.max_frames < 1:
-        raise SltnetError(f"--max-frames {args.max_frames}: must be at least 1")
-    _check_writable("--out", args.out)
-    _check_writable("--json", args.json)
+    check_options(args)
+    check_paths(args)
     manifest = Manifest.load(args.engine)
-    source = VideoSource(args.video, args.max_frames, args.fps)
-    writer = None
-    try:
+    with ExitStack() as stack:
+        source = VideoSource(args.video, args.max_frames, args.fps)
+        stack.callback(source.close)
         height, width = manifest.input.size
         if (source.height, source.width) != (height, width):
             raise SltnetError(
@@ -126,36 +181,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend = open_backend(args.backend, args.engine, manifest)
         print(f"backend: {backend.description}", flush=True)
         runtime = StreamingRuntime(manifest, backend, args.score_thresh)
+        writer = None
         if args.out:
             writer = VideoWriter(args.out, width, height, source.fps)
-        detections: list[dict] = []
-        waiting: dict[int, tuple] = {}  # frames decoded but not answered yet (symmetric latency)
+            stack.callback(writer.abort)  # does nothing once close() named the file
+        results = ResultsArray(stack.enter_context(atomic_output(args.json, "w"))) if args.json else None
+        waiting: dict[int, DecodedFrame] = {}  # frames decoded but not answered yet (symmetric latency)
         fps = None
         start = last = time.perf_counter()
-        num_frames = 0
+        num_frames = num_detections = 0
 
-        def emit(results: list[FrameResult]) -> None:
-            for result in results:
-                image, timestamp = waiting.pop(result.frame_index)
+        def emit(answered: list[FrameResult]) -> None:
+            nonlocal num_detections
+            for result in answered:
+                frame = waiting.pop(result.frame_index)
+                num_detections += len(result.scores)
                 if image_ids is not None and result.frame_index >= len(image_ids):
                     raise SltnetError(
                         f"--gt-json {args.gt_json}: the video has more frames than its {len(image_ids)} images"
                     )
-                image_id = image_ids[result.frame_index] if image_ids is not None else result.frame_index
-                detections.extend(coco_results(result, timestamp, image_id, manifest))
+                if results is not None:
+                    image_id = image_ids[result.frame_index] if image_ids is not None else result.frame_index
+                    results.extend(coco_results(result, frame.timestamp, image_id, manifest))
                 if writer is not None:
-                    writer.write(annotate(image.permute(1, 2, 0).numpy(), result, manifest.classes, fps))
+                    writer.write(annotate(frame.image.permute(1, 2, 0).numpy(), result, manifest.classes, fps))
 
         with tqdm(total=source.num_frames, unit="frame", disable=args.no_progress, desc="sltnet-run") as bar:
             for frame in source:
-                waiting[frame.index] = (frame.image, frame.timestamp)
+                waiting[frame.index] = frame
                 emit(runtime.push(frame.image))
                 num_frames += 1
                 now = time.perf_counter()
                 rate = 1.0 / max(now - last, 1e-9)
                 fps = rate if fps is None else FPS_SMOOTHING * fps + (1 - FPS_SMOOTHING) * rate
                 last = now
-                bar.set_postfix(fps=f"{fps:.1f}")
+                bar.set_postfix(fps=f"{fps:.1f}", refresh=False)  # drawn by update, at most 10 times a second
                 bar.update(1)
             emit(runtime.flush())
         if num_frames == 0:
@@ -163,17 +223,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         elapsed = time.perf_counter() - start
         if writer is not None:
             writer.close()
-            writer = None
-        if args.json:
-            atomic_write_text(args.json, json.dumps(detections) + "\n")
-    finally:
-        source.close()
-        if writer is not None:
-            writer.abort()
+        if results is not None:
+            results.end()
+    # Leaving the block renamed the JSON into place; any error or interruption removed both outputs.
     outputs = ", ".join(p for p in (args.out, args.json) if p) or "none"
     print(
         f"sltnet-run: {num_frames} frames in {elapsed:.2f} s ({num_frames / elapsed:.1f} fps), "
-        f"{len(detections)} detections, backend {backend.description}; outputs: {outputs}",
+        f"{num_detections} detections, backend {backend.description}; outputs: {outputs}",
         flush=True,
     )
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,13 +14,14 @@ import sys
 from collections.abc import Sequence
 
 from sltnet.cli import ArgumentParser, console_entry
-from sltnet.config import load_config
-from sltnet.data.catalog import add_catalog_arguments, catalog_from_args
-from sltnet.engine.distributed import shutdown_distributed
-from sltnet.engine.trainer import train
+
+# The rest (torch among it: seconds) is imported inside ``main``, under console_entry's signal
+# handling, so that Ctrl-C or SIGTERM while it loads ends with ``error: interrupted`` too.
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sltnet.data.catalog import add_catalog_arguments
+
     parser = ArgumentParser(
         prog="sltnet-train",
         description=(
@@ -44,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 @console_entry
 def main(argv: Sequence[str] | None = None) -> int:
+    from sltnet.config import load_config
+    from sltnet.data.catalog import catalog_from_args
+    from sltnet.engine.distributed import shutdown_distributed
+    from sltnet.engine.trainer import train
+
     args = build_parser().parse_intermixed_args(argv)
     cfg = load_config(args.config_file, args.opts)
     catalog = catalog_from_args(args, cfg.DATASETS.CATALOG)

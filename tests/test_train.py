@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import shutil
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from sltnet.config import load_config
 from sltnet.data.catalog import DatasetCatalog
 from sltnet.data.synthetic.writing import generate_split
 from sltnet.engine.checkpoint import last_checkpoint
-from sltnet.engine.trainer import check_training_settings, train
+from sltnet.engine.trainer import check_initial_weights, check_training_settings, train
 from sltnet.errors import SltnetError
 from sltnet.train import main
 
@@ -183,7 +184,8 @@ def test_stage2_trains_the_st_head_and_leaves_the_rest_bit_identical(stage1, tmp
 
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(data_root, tmp_path):
     """Kill after the checkpoint at 3 of 6 iterations, resume; the schedule steps after the kill
-    and the data wrap into a new epoch (4 groups per epoch) across it."""
+    and the data wrap into a new epoch (4 groups per epoch) across it. The checkpoint falls inside
+    the first log window (iterations 1-4): the record at 4 still averages all four."""
     overrides = [
         *TINY,
         "DATALOADER.TRAIN_GROUPS_PER_VIDEO",
@@ -201,20 +203,21 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(data_root, tmp_pat
     whole = train(
         load_config(BASELINE, overrides + ["OUTPUT_DIR", str(tmp_path / "whole")]),
         catalog,
-        log_period=1,
+        log_period=4,
         run_evaluation=False,
         progress=False,
     )
 
     # The resumed run loads in a worker process: the data must not depend on where they are loaded.
     cfg = load_config(BASELINE, overrides + ["OUTPUT_DIR", str(tmp_path / "killed"), "DATALOADER.NUM_WORKERS", "1"])
-    stopped = train(cfg, catalog, log_period=1, run_evaluation=False, progress=False, stop_at=4)
+    stopped = train(cfg, catalog, log_period=4, run_evaluation=False, progress=False, stop_at=4)
     assert stopped.iteration == 4 and stopped.final_weights is None
     killed_dir = tmp_path / "killed"
     assert last_checkpoint(killed_dir).name == "model_0000003.pt" and not (killed_dir / "model_final.pt").exists()
     checkpoint = torch.load(killed_dir / "model_0000003.pt", weights_only=False)
     assert checkpoint["data_position"] == {"samples_seen": 6, "epoch": 1, "position": 2}
-    resumed = train(cfg, catalog, resume=True, log_period=1, run_evaluation=False, progress=False)
+    assert checkpoint["metrics_window"]["iterations"] == 3  # 1-3, logged with 4
+    resumed = train(cfg, catalog, resume=True, log_period=4, run_evaluation=False, progress=False)
     assert resumed.iteration == 6
 
     expected = torch.load(whole.final_weights, weights_only=False)["model"]
@@ -222,9 +225,59 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(data_root, tmp_pat
     assert expected.keys() == actual.keys()
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
-    # The record of iteration 4 from before the kill is replaced by the resumed run's.
+    # The record of iteration 4 from before the kill is replaced by the resumed run's, which
+    # averages iterations 1-4 as the uninterrupted run does; every value but the wall time is equal.
     strip = lambda records: [{k: v for k, v in r.items() if k != "seconds_per_iter"} for r in records]  # noqa: E731
-    assert strip(read_metrics(killed_dir)) == strip(read_metrics(tmp_path / "whole"))
+    expected_records = read_metrics(tmp_path / "whole")
+    assert [r["iteration"] for r in expected_records] == [4, 6]
+    assert strip(read_metrics(killed_dir)) == strip(expected_records)
+    assert all(r["seconds_per_iter"] > 0 for r in read_metrics(killed_dir))
+
+
+def test_corrupt_image_is_the_same_one_line_error_with_or_without_workers(data_root, tmp_path, capsys):
+    """A DataLoader worker's SltnetError reaches the user as the main process's would: one line, exit 2."""
+    shutil.copytree(data_root, tmp_path / "data")
+    corrupt = tmp_path / "data" / "synthetic" / "synth_tiny_train" / "video_00001" / "000003.jpg"
+    corrupt.write_bytes(b"this is not a JPEG")
+    errors = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLTNET_DATA", str(tmp_path / "data"))
+        for workers in ("0", "1"):
+            argv = ["--config-file", BASELINE, "--no-progress", "--no-eval", *TINY, "DATALOADER.NUM_WORKERS", workers]
+            # 6 iterations of 2 groups: every frame of the epoch is loaded.
+            argv += ["SOLVER.MAX_ITER", "6", "OUTPUT_DIR", str(tmp_path / f"out{workers}")]
+            errors.append(cli_error(argv, capsys))
+    assert errors[0] == errors[1]
+    assert errors[0].startswith(f"error: {corrupt}: cannot decode image")
+    assert not list((tmp_path / "out1").glob(".*.tmp"))
+
+
+def test_initial_weights_at_a_path_the_run_writes_are_refused(stage1, tmp_path, capsys):
+    stage1_dir, _ = stage1
+    for name in ("model_final.pt", "model_0000010.pt", "model_0000005.pt"):
+        shutil.copy(stage1_dir / "model_final.pt", tmp_path / name)
+    (tmp_path / "link.pt").symlink_to(tmp_path / "model_0000010.pt")
+    overrides = [*TINY, "SOLVER.MAX_ITER", "20", "SOLVER.CHECKPOINT_PERIOD", "10", "OUTPUT_DIR", str(tmp_path)]
+    base = ["--config-file", BASELINE, "--no-progress", *overrides]
+    error = cli_error(base + ["MODEL.WEIGHTS", str(tmp_path / "model_final.pt")], capsys)
+    assert error == (
+        f"error: OUTPUT_DIR/model_final.pt {tmp_path.resolve() / 'model_final.pt'}: is also MODEL.WEIGHTS; "
+        "an output never replaces an input"
+    )
+    # A checkpoint the run writes (at 10 and 20), also through a link.
+    for weights in ("model_0000010.pt", "link.pt"):
+        error = cli_error(base + ["MODEL.WEIGHTS", str(tmp_path / weights)], capsys)
+        assert error.startswith("error: OUTPUT_DIR/model_0000010.pt ") and error.endswith(
+            "is also MODEL.WEIGHTS; an output never replaces an input"
+        )
+    # One it does not write is an input like any other.
+    check_initial_weights(load_config(BASELINE, overrides + ["MODEL.WEIGHTS", str(tmp_path / "model_0000005.pt")]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "link.pt",
+        "model_0000005.pt",
+        "model_0000010.pt",
+        "model_final.pt",
+    ]
 
 
 def test_resume_refusals(stage1, tmp_path, capsys):

@@ -15,9 +15,30 @@ LAST_CHECKPOINT_FILE = "last_checkpoint"
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through a temporary file: readers never see half a checkpoint."""
+    """``torch.save`` through a temporary file: readers never see half a checkpoint.
+
+    An interrupt (SIGINT, or SIGTERM under :func:`sltnet.cli.console_entry`) during the write
+    removes the temporary file and propagates as the ``KeyboardInterrupt`` it is.
+    """
     with atomic_output(path, "wb") as stream:
-        torch.save(obj, stream)
+        try:
+            torch.save(obj, stream)
+        except Exception as err:
+            interrupt = interrupt_behind(err)
+            if interrupt is None:
+                raise
+            raise interrupt from None
+
+
+def interrupt_behind(err: BaseException) -> KeyboardInterrupt | None:
+    """The ``KeyboardInterrupt`` that ``err`` was raised while handling, if any: torch's zip writer
+    turns an interrupt in the middle of a write into a ``RuntimeError`` from its own clean-up."""
+    seen = err.__context__
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__context__
+    return None
 
 
 def rng_state() -> dict[str, Any]:
@@ -43,6 +64,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises several types for corrupt files
+        interrupt = interrupt_behind(err)
+        if interrupt is not None:
+            raise interrupt from None
         raise SltnetError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
 
 

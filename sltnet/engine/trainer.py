@@ -8,7 +8,9 @@ optional mixed precision on CUDA, DistributedDataParallel under ``torchrun``.
 A run writes into ``OUTPUT_DIR`` (rank 0 only, every file atomically):
 
 - ``config.yaml``: the full config of the run;
-- ``metrics.jsonl``: one JSON object per logged iteration (means since the previous record);
+- ``metrics.jsonl``: one JSON object per logged iteration (means since the previous record; the
+  running window is saved in each checkpoint, so a resumed run logs what an uninterrupted one
+  would, wall time aside);
 - ``model_{iteration:07d}.pt``: every ``SOLVER.CHECKPOINT_PERIOD`` iterations and at the end, the
   whole training state; ``last_checkpoint`` names the newest;
 - ``model_final.pt``: the trained weights alone (what ``MODEL.WEIGHTS`` and the export load);
@@ -18,10 +20,14 @@ Resuming is exact: the data order is a pure function of (SEED, epoch, position),
 global random numbers, and every process's random generators are saved in the checkpoint, so a
 run killed and resumed ends with the same parameters as one that was never interrupted (bit for
 bit on CPU; on CUDA up to the nondeterminism of some GPU kernels).
+
+SIGINT or SIGTERM stops a run through the main process (:mod:`sltnet.engine.interrupts`): the
+file being written is removed, the DataLoader workers are shut down, and the checkpoints written so
+far stay. A run removes the ``.*.tmp`` files in ``OUTPUT_DIR`` that a killed run (SIGKILL) left.
 """
 
 import math
-import time
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,10 +39,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from yacs.config import CfgNode
 
+from sltnet.atomic_io import check_outputs
 from sltnet.config import save_config
 from sltnet.data.batching import TrainingGroup
 from sltnet.data.catalog import DatasetCatalog
 from sltnet.engine.checkpoint import (
+    LAST_CHECKPOINT_FILE,
     atomic_torch_save,
     last_checkpoint,
     load_checkpoint,
@@ -52,17 +60,19 @@ from sltnet.engine.distributed import (
     is_main_process,
     mean_over_processes,
 )
-from sltnet.engine.metrics_log import JsonLinesWriter
+from sltnet.engine.interrupts import ignore_interrupts_in_worker, interrupts_deferred, stop_workers
+from sltnet.engine.metrics_log import JsonLinesWriter, LossWindow
 from sltnet.engine.solver import build_lr_scheduler, build_optimizer
 from sltnet.engine.training_data import (
     RankBatchSampler,
     TrainingSampleStream,
     build_group_sampler,
+    checked_batch,
     load_training_datasets,
     move_group,
     training_preprocessor,
 )
-from sltnet.engine.training_eval import evaluate_trained_model
+from sltnet.engine.training_eval import FINAL_METRICS_FILE, evaluate_trained_model
 from sltnet.engine.training_state import (
     Solver,
     TrainingLosses,
@@ -86,6 +96,26 @@ TOTAL_LOSS = "total_loss"
 def checkpoint_name(iteration: int) -> str:
     """File name of the training state after ``iteration`` completed iterations."""
     return f"model_{iteration:07d}.pt"
+
+
+def check_initial_weights(cfg: CfgNode) -> None:
+    """Refuse ``MODEL.WEIGHTS`` at a path the run writes (``OUTPUT_DIR/model_final.pt``, one of its
+    checkpoints, ...): the run would replace its own input. Raises SltnetError (one line)."""
+    if not cfg.MODEL.WEIGHTS:
+        return
+    output_dir = Path(cfg.OUTPUT_DIR)
+    names = [CONFIG_FILE, METRICS_FILE, LAST_CHECKPOINT_FILE, FINAL_WEIGHTS_FILE, FINAL_METRICS_FILE]
+    # Checkpoint names are checked one by one, not listed: a run may write thousands of them.
+    weights_name = Path(cfg.MODEL.WEIGHTS).resolve().name
+    match = re.fullmatch(r"model_(\d+)\.pt", weights_name)
+    if match:
+        iteration, solver = int(match[1]), cfg.SOLVER
+        written = 0 < iteration <= solver.MAX_ITER and (
+            iteration % solver.CHECKPOINT_PERIOD == 0 or iteration == solver.MAX_ITER
+        )
+        if written and checkpoint_name(iteration) == weights_name:
+            names.append(weights_name)
+    check_outputs({"MODEL.WEIGHTS": cfg.MODEL.WEIGHTS}, {f"OUTPUT_DIR/{name}": output_dir / name for name in names})
 
 
 def check_training_settings(cfg: CfgNode, world_size: int) -> None:
@@ -126,13 +156,15 @@ def train(
         stop_at: stop after this many iterations as an interrupted run would (no final weights, no
             evaluation); the checkpoints written so far stay.
     Raises:
-        SltnetError: bad settings, missing data, nothing to resume, a non-finite loss.
+        SltnetError: bad settings, missing data, nothing to resume, a non-finite loss, a
+            ``MODEL.WEIGHTS`` the run would overwrite.
     """
     if log_period < 1:
         raise SltnetError(f"--log-period must be at least 1, got {log_period}")
     device = init_distributed(cfg.MODEL.DEVICE)
     rank, world_size = get_rank(), get_world_size()
     check_training_settings(cfg, world_size)
+    check_initial_weights(cfg)
     for name in cfg.DATASETS.TEST:
         catalog.get(name)  # an unknown name fails now, not after training
     output_dir = Path(cfg.OUTPUT_DIR)
@@ -149,22 +181,48 @@ def train(
         note("note: SOLVER.AMP.ENABLED is ignored on CPU")
     solver = _build_solver(cfg, model, device, amp)
 
-    start_iteration, samples_seen, rng_states = 0, 0, None
+    start_iteration, samples_seen, rng_states, window = 0, 0, None, LossWindow()
     if checkpoint is not None:
-        start_iteration, samples_seen, rng_states = _restore(*checkpoint, model, solver, cfg.SOLVER.MAX_ITER)
-    _prepare_output_dir(output_dir, cfg, start_iteration)
+        start_iteration, samples_seen, rng_states, window = _restore(*checkpoint, model, solver, cfg.SOLVER.MAX_ITER)
     stop = cfg.SOLVER.MAX_ITER if stop_at is None else min(stop_at, cfg.SOLVER.MAX_ITER)
-    batches = iter(_build_loader(cfg, stream, samples_seen, stop - start_iteration))
-    losses_module = _wrap_for_processes(model, device)
-    # Last, so that nothing set up above draws from the restored generators.
-    if rng_states is not None:
-        _restore_rng(rng_states, cfg.SEED + start_iteration)
+    try:
+        _prepare_output_dir(output_dir, cfg, start_iteration)
+        loader = _build_loader(cfg, stream, samples_seen, stop - start_iteration)
+        batches = None
+        try:
+            # Workers start with SIGINT and SIGTERM blocked, until they ignore them.
+            with interrupts_deferred():
+                batches = iter(loader)
+            losses_module = _wrap_for_processes(model, device)
+            # Last, so that nothing set up above draws from the restored generators.
+            if rng_states is not None:
+                _restore_rng(rng_states, cfg.SEED + start_iteration)
+            loop = _TrainingLoop(cfg, losses_module, model, solver, stream, output_dir, log_period, amp, device)
+            iteration = loop.run(batches, start_iteration, samples_seen, stop, window, progress and is_main_process())
+        finally:
+            if batches is not None:
+                stop_workers(batches)
+        if iteration < cfg.SOLVER.MAX_ITER:
+            return TrainingResult(model, iteration, None, {})
+        return _finish(model, cfg, catalog, output_dir, iteration, run_evaluation, progress)
+    except BaseException:
+        # atomic_output removes its temporary file, unless a second signal lands in that clean-up.
+        if is_main_process():
+            with interrupts_deferred(discard=True):
+                remove_temporaries(output_dir)
+        raise
 
-    loop = _TrainingLoop(cfg, losses_module, model, solver, stream, output_dir, log_period, amp, device)
-    iteration = loop.run(batches, start_iteration, samples_seen, stop, progress and is_main_process())
-    if iteration < cfg.SOLVER.MAX_ITER:
-        return TrainingResult(model, iteration, None, {})
 
+def _finish(
+    model: FasterRCNN | SLTnet,
+    cfg: CfgNode,
+    catalog: DatasetCatalog,
+    output_dir: Path,
+    iteration: int,
+    run_evaluation: bool,
+    progress: bool,
+) -> TrainingResult:
+    """Write the final weights and evaluate them (rank 0)."""
     final_weights = output_dir / FINAL_WEIGHTS_FILE
     if is_main_process():
         atomic_torch_save({"model": model.state_dict(), "iteration": iteration, "config": cfg.dump()}, final_weights)
@@ -173,6 +231,14 @@ def train(
     if run_evaluation and is_main_process():
         metrics = evaluate_trained_model(model, cfg, catalog, output_dir, progress)
     return TrainingResult(model, iteration, final_weights, metrics)
+
+
+def remove_temporaries(output_dir: Path) -> None:
+    """Delete the ``.*.tmp`` files of ``output_dir``: a run killed by SIGKILL (or out of memory)
+    leaves the file it was writing under its temporary name."""
+    for stale in output_dir.glob(".*.tmp"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
 
 
 def _checkpoint_to_resume(output_dir: Path, cfg: CfgNode, resume: bool) -> tuple[Path, dict[str, Any]] | None:
@@ -223,8 +289,9 @@ def _build_solver(cfg: CfgNode, model: nn.Module, device: torch.device, amp: boo
 
 def _restore(
     path: Path, checkpoint: dict[str, Any], model: nn.Module, solver: Solver, max_iter: int
-) -> tuple[int, int, list[dict[str, Any]]]:
-    """Load a training checkpoint; returns (iteration, samples consumed, per-process RNG states)."""
+) -> tuple[int, int, list[dict[str, Any]], LossWindow]:
+    """Load a training checkpoint; returns (iteration, samples consumed, per-process RNG states,
+    the losses since the last metrics record)."""
     iteration = int(checkpoint["iteration"])
     if iteration > max_iter:
         raise SltnetError(f"{path}: checkpoint is at iteration {iteration}, beyond SOLVER.MAX_ITER {max_iter}")
@@ -234,7 +301,8 @@ def _restore(
     if checkpoint.get("grad_scaler"):
         solver.scaler.load_state_dict(checkpoint["grad_scaler"])
     note(f"resuming from {path} at iteration {iteration}")
-    return iteration, int(checkpoint["data_position"]["samples_seen"]), checkpoint["rng_states"]
+    window = LossWindow.from_state(checkpoint.get("metrics_window"))
+    return iteration, int(checkpoint["data_position"]["samples_seen"]), checkpoint["rng_states"], window
 
 
 def _restore_rng(rng_states: list[dict[str, Any]], fallback_seed: int) -> None:
@@ -260,6 +328,7 @@ def _build_loader(cfg: CfgNode, stream: TrainingSampleStream, samples_seen: int,
         ),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         collate_fn=list,
+        worker_init_fn=ignore_interrupts_in_worker,
         # A private generator: starting the loader must not draw from the global one.
         generator=torch.Generator().manual_seed(cfg.SEED),
     )
@@ -279,9 +348,11 @@ def _wrap_for_processes(model: FasterRCNN | SLTnet, device: torch.device) -> nn.
 
 
 def _prepare_output_dir(output_dir: Path, cfg: CfgNode, start_iteration: int) -> None:
-    """Write the config; keep the metrics up to the resumed iteration (none for a fresh run)."""
+    """Remove what a killed run left half-written, write the config; keep the metrics up to the
+    resumed iteration (none for a fresh run)."""
     if not is_main_process():
         return
+    remove_temporaries(output_dir)
     save_config(cfg, str(output_dir / CONFIG_FILE))
     metrics = output_dir / METRICS_FILE
     if start_iteration:
@@ -315,30 +386,34 @@ class _TrainingLoop:
         self.amp = amp
         self.device = device
         self.metrics = JsonLinesWriter(output_dir / METRICS_FILE) if is_main_process() else None
+        self.window = LossWindow()
 
     def run(
-        self, batches: Iterator[list[TrainingGroup]], start: int, samples_seen: int, stop: int, progress: bool
+        self,
+        batches: Iterator[list[Any]],
+        start: int,
+        samples_seen: int,
+        stop: int,
+        window: LossWindow,
+        progress: bool,
     ) -> int:
-        """Iterations ``start`` .. ``stop`` - 1; returns the number of completed iterations."""
+        """Iterations ``start`` .. ``stop`` - 1, ``window`` holding the losses since the last record
+        before ``start``; returns the number of completed iterations."""
         max_iter = self.cfg.SOLVER.MAX_ITER
-        window: dict[str, float] = {}
-        window_size, window_start = 0, time.perf_counter()
+        self.window = window
         iteration = start
         with tqdm(total=max_iter, initial=start, desc="training", unit="it", disable=not progress) as bar:
             for iteration in range(start + 1, stop + 1):
-                groups = [move_group(group, self.device) for group in next(batches)]
+                groups = [move_group(group, self.device) for group in checked_batch(next(batches))]
                 lr = self.solver.optimizer.param_groups[0]["lr"]
                 values = self.step(groups, iteration)
                 samples_seen += self.cfg.SOLVER.IMS_PER_BATCH
-                for name, value in values.items():
-                    window[name] = window.get(name, 0.0) + value
-                window_size += 1
+                self.window.add(values)
                 bar.set_postfix(loss=f"{values[TOTAL_LOSS]:.3f}", lr=f"{lr:.2e}", refresh=False)
                 bar.update(1)
                 if iteration % self.log_period == 0 or iteration == max_iter:
-                    seconds = (time.perf_counter() - window_start) / window_size
-                    self._log(iteration, {name: total / window_size for name, total in window.items()}, lr, seconds)
-                    window, window_size, window_start = {}, 0, time.perf_counter()
+                    self._log(iteration, self.window.means(), lr, self.window.seconds_per_iteration())
+                    self.window = LossWindow()
                 if iteration % self.cfg.SOLVER.CHECKPOINT_PERIOD == 0 or iteration == max_iter:
                     self.save(iteration, samples_seen)
         return iteration
@@ -381,6 +456,7 @@ class _TrainingLoop:
             "iteration": iteration,
             "data_position": {"samples_seen": samples_seen, "epoch": epoch, "position": position},
             "rng_states": rng_states,
+            "metrics_window": self.window.state_dict(),
             "config": self.cfg.dump(),
         }
         save_training_state(self.output_dir, checkpoint_name(iteration), state)

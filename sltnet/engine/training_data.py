@@ -6,12 +6,12 @@ process takes its slice of every iteration's global batch.
 """
 
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TypedDict
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 from yacs.config import CfgNode
 
 from sltnet.data.batching import FrameGroup, TrainingGroup, load_training_group
@@ -43,6 +43,31 @@ def training_preprocessor(cfg: CfgNode) -> ImagePreprocessor:
         input_format=cfg.INPUT.FORMAT,
         size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY,
     )
+
+
+@dataclass(frozen=True)
+class LoadingError:
+    """A user mistake met while loading a sample in a DataLoader worker process.
+
+    PyTorch would re-raise the worker's :class:`SltnetError` in the main process with its whole
+    traceback as the message; handed over as data, it is raised there with its own one line.
+    """
+
+    message: str
+
+
+def checked_batch(batch: Sequence[TrainingGroup | LoadingError]) -> list[TrainingGroup]:
+    """The groups of a loaded batch.
+
+    Raises:
+        SltnetError: the first sample of the batch that failed to load in a worker, with its message.
+    """
+    groups = []
+    for item in batch:
+        if isinstance(item, LoadingError):
+            raise SltnetError(item.message)
+        groups.append(item)
+    return groups
 
 
 class TrainingSampleStream(Dataset):
@@ -89,10 +114,21 @@ class TrainingSampleStream(Dataset):
         """``(epoch, position in the epoch)`` of stream sample ``index``."""
         return divmod(index, self.epoch_length)
 
-    def __getitem__(self, index: int) -> TrainingGroup:
-        epoch, position = self.position(index)
-        dataset_index, sample = self.epoch(epoch)[position]
-        return load_training_group(sample, self.image_roots[dataset_index], self.preprocessor)
+    def __getitem__(self, index: int) -> TrainingGroup | LoadingError:
+        """The sample at stream position ``index``.
+
+        Raises:
+            SltnetError: a bad image or annotation, in the main process. In a DataLoader worker
+                the error comes back as a :class:`LoadingError` instead (see :func:`checked_batch`).
+        """
+        try:
+            epoch, position = self.position(index)
+            dataset_index, sample = self.epoch(epoch)[position]
+            return load_training_group(sample, self.image_roots[dataset_index], self.preprocessor)
+        except SltnetError as err:
+            if get_worker_info() is None:
+                raise
+            return LoadingError(str(err))
 
 
 class RankBatchSampler(Sampler[list[int]]):
