@@ -3,7 +3,7 @@
     python benchmarks/fps.py [--engine DIR ...] [--config-file C --weights W [--input-size H W]]
                              [--backend onnxruntime torch tensorrt eager] [--device cpu|cuda]
                              [--video V | --synthetic] [--frames 500] [--warmup 50] [--threads N]
-                             [--json OUT.json]
+                             [--streams N [N ...]] [--json OUT.json]
 
 Each row streams one video through one engine folder on one backend: ``onnxruntime``, ``torch``
 (the runtime's torch backend over the export's engine modules) and ``tensorrt`` run
@@ -25,6 +25,14 @@ the whole push only. Peak RSS is the process's peak so far (rows run in order, i
 peak CUDA memory is torch's allocator peak during the row. Then the ratios: SLTnet fps / single-frame
 baseline fps on the same backend, onnxruntime fps / eager fps per export, and the acceptance checks
 (PASS/FAIL/SKIP).
+
+``--streams 1 2 4`` adds a second table: per export, engine backend and stream count N, N copies of
+the video, each decoded by its own :class:`runtime.video.VideoSource`, pushed one frame of each in
+turn through one :class:`runtime.multistream.MultiStreamRuntime` (the frame engine batched across
+streams as the export's ``--batch`` allows). Per row: aggregate fps (every stream's frames after the
+first ``--warmup`` rounds / wall time), fps per stream, latency percentiles of a frame over all
+streams (from its push until its result comes back), and frame-engine runs per frame (1/B when
+every batch is full).
 """
 
 import json
@@ -46,6 +54,7 @@ from tqdm import tqdm
 from export.onnx_export import default_input_size
 from runtime.detector import TIMED_STAGES, StreamingRuntime
 from runtime.engines import open_backend
+from runtime.multistream import MultiStreamRuntime
 from runtime.video import VideoSource
 from sltnet.atomic_io import atomic_write_text, check_outputs
 from sltnet.cli import ArgumentParser, console_entry
@@ -74,6 +83,9 @@ MAX_BOOKKEEPING_SHARE = 0.05
 MIN_SLTNET_VS_BASELINE = 0.6
 MIN_ONNXRUNTIME_VS_EAGER = 1.2
 MAX_P99_OVER_P50 = 1.5
+# ... and of the precision issue (int8 against fp32 on onnxruntime's CPU provider).
+MIN_INT8_FRAME_ENGINE_SPEEDUP = 1.6
+MIN_INT8_VS_FP32 = 1.3
 
 
 class Target(NamedTuple):
@@ -87,6 +99,7 @@ class Target(NamedTuple):
     weights: str
     engine_dir: str | None = None
     manifest: Manifest | None = None
+    precision: str = "fp32"
 
 
 class FrameTiming(NamedTuple):
@@ -142,6 +155,7 @@ def engine_target(directory: str) -> Target:
         weights=manifest.source.get("weights", ""),
         engine_dir=directory,
         manifest=manifest,
+        precision=manifest.precision.precision,
     )
 
 
@@ -287,9 +301,86 @@ def run_row(target: Target, backend_name: str, video: str, args) -> dict:
         "engine_dir": target.engine_dir,
         "mode": target.mode,
         "num_frames": target.num_frames,
+        "precision": target.precision,
         "backend": backend_name,
         "description": description,
         **summarize(timings, latency, delay, args.warmup, staged=backend_name != EAGER),
+    }
+    row.update(peak_memory_mib(on_cuda))
+    return row
+
+
+def stream_many(
+    runtime: MultiStreamRuntime, video: str, num_rounds: int, warmup: int, synchronize: bool, progress: str
+) -> tuple[int, float, list[float]]:
+    """Push ``num_rounds`` frames of ``video`` into every stream of ``runtime``, one frame of each
+    stream in turn, each stream decoding the video itself.
+
+    Returns:
+        frames pushed after ``warmup`` rounds, their wall time in seconds, and the latency in
+        seconds of each of those frames answered by a push (the final flushes are not measured).
+    """
+    sources = [VideoSource(video, num_rounds) for _ in range(runtime.num_streams)]
+    pushed_at: dict[tuple[int, int], float] = {}
+    latency: list[float] = []
+    measured, start = 0, time.perf_counter()
+    try:
+        frames = [iter(source) for source in sources]
+        for index in tqdm(range(num_rounds), desc=progress, unit="round"):
+            if index == warmup:
+                start = time.perf_counter()
+            decoded = [next(stream, None) for stream in frames]
+            if any(frame is None for frame in decoded):
+                break
+            for stream_id, frame in enumerate(decoded):
+                assert frame is not None  # checked above
+                pushed_at[stream_id, index] = time.perf_counter()
+                results = runtime.push(stream_id, frame.image)
+                _sync(synchronize)
+                done = time.perf_counter()
+                for answered, result in results:
+                    if result.frame_index >= warmup:
+                        latency.append(done - pushed_at[answered, result.frame_index])
+                if index >= warmup:
+                    measured += 1
+        wall = time.perf_counter() - start
+        for stream_id in range(runtime.num_streams):
+            runtime.flush(stream_id)
+    finally:
+        for source in sources:
+            source.close()
+    return measured, wall, latency
+
+
+def run_stream_row(target: Target, backend_name: str, num_streams: int, video: str, args) -> dict:
+    """``num_streams`` copies of ``video`` through one multi-stream runtime on ``target``'s engines."""
+    assert target.engine_dir is not None and target.manifest is not None  # engine rows come from exports
+    on_cuda = args.device == "cuda" or backend_name == "tensorrt"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    backend = open_backend(backend_name, target.engine_dir, target.manifest, args.device, args.threads)
+    runtime = MultiStreamRuntime(target.manifest, backend, num_streams)
+    progress = f"{target.name} {backend_name} x{num_streams}"
+    frames, wall, latency = stream_many(runtime, video, args.warmup + args.frames, args.warmup, on_cuda, progress)
+    if not latency:
+        raise SltnetError(f"{video}: too few frames to measure {num_streams} streams after --warmup {args.warmup}")
+    latency_ms = np.array(latency) * 1e3
+    fps = frames / wall
+    row = {
+        "target": target.name,
+        "engine_dir": target.engine_dir,
+        "mode": target.mode,
+        "precision": target.precision,
+        "backend": backend_name,
+        "description": backend.description,
+        "batch": runtime.batch,
+        "streams": num_streams,
+        "frames": frames,
+        "fps": fps,
+        "fps_per_stream": fps / num_streams,
+        "latency_ms": {"p50": float(np.percentile(latency_ms, 50)), "p95": float(np.percentile(latency_ms, 95))},
+        # The temporal engine runs once per frame, the frame engine once per batch.
+        "frame_engine_runs_per_frame": backend.frame.num_runs / backend.temporal.num_runs,
     }
     row.update(peak_memory_mib(on_cuda))
     return row
@@ -300,11 +391,16 @@ def _find(rows: Sequence[dict], **match) -> dict | None:
 
 
 def ratios(rows: Sequence[dict]) -> dict[str, list[dict]]:
-    """SLTnet vs baseline fps per backend, onnxruntime vs eager fps per target, bookkeeping shares."""
-    vs_baseline, vs_eager, bookkeeping = [], [], []
+    """SLTnet vs baseline fps per backend and precision, onnxruntime vs eager fps per target, int8 vs
+    fp32 per mode and backend (whole row and frame engine), bookkeeping shares."""
+    vs_baseline, vs_eager, bookkeeping, int8 = [], [], [], []
     for row in rows:
+        if row["precision"] == "int8":
+            fp32 = _find(rows, mode=row["mode"], num_frames=row["num_frames"], backend=row["backend"], precision="fp32")
+            if fp32 is not None:
+                int8.append(_int8_ratios(row, fp32))
         if row["mode"] != "single_frame":
-            baseline = _find(rows, mode="single_frame", backend=row["backend"])
+            baseline = _find(rows, mode="single_frame", backend=row["backend"], precision=row["precision"])
             if baseline is not None:
                 vs_baseline.append(
                     {
@@ -324,13 +420,32 @@ def ratios(rows: Sequence[dict]) -> dict[str, list[dict]]:
         "sltnet_vs_baseline_fps": vs_baseline,
         "onnxruntime_vs_eager_fps": vs_eager,
         "bookkeeping_share": bookkeeping,
+        "int8_vs_fp32": int8,
+    }
+
+
+def _int8_ratios(int8: dict, fp32: dict) -> dict:
+    """How much faster an int8 row is than its fp32 row: fps, and the time of each engine stage."""
+
+    def speedup(stage: str) -> float | None:
+        slow, fast = fp32["stages_ms"].get(stage), int8["stages_ms"].get(stage)
+        return slow / fast if slow and fast else None
+
+    return {
+        "int8": int8["target"],
+        "fp32": fp32["target"],
+        "mode": int8["mode"],
+        "backend": int8["backend"],
+        "fps": int8["fps"] / fp32["fps"],
+        "frame_engine": speedup("frame_engine"),
+        "temporal_engine": speedup("temporal_engine"),
     }
 
 
 def acceptance_checks(rows: Sequence[dict]) -> list[dict]:
     """The speed issue's targets on the sequential N=3 onnxruntime row: PASS, FAIL or SKIP each."""
     checks: list[dict] = []
-    sltnet = _find(rows, mode="sequential", num_frames=3, backend="onnxruntime")
+    sltnet = _find(rows, mode="sequential", num_frames=3, backend="onnxruntime", precision="fp32")
 
     def check(name: str, value: float | None, limit: float, at_most: bool, missing: str) -> None:
         target = f"{'<=' if at_most else '>='} {limit}"
@@ -341,7 +456,7 @@ def acceptance_checks(rows: Sequence[dict]) -> list[dict]:
         checks.append({"check": name, "status": "PASS" if passed else "FAIL", "value": value, "target": target})
 
     no_row = "no sequential N=3 onnxruntime row"
-    baseline = _find(rows, mode="single_frame", backend="onnxruntime")
+    baseline = _find(rows, mode="single_frame", backend="onnxruntime", precision="fp32")
     eager = _find(rows, target=sltnet["target"], backend=EAGER) if sltnet is not None else None
     check(
         "bookkeeping share of per-frame time",
@@ -372,6 +487,23 @@ def acceptance_checks(rows: Sequence[dict]) -> list[dict]:
         True,
         no_row,
     )
+    int8 = _find(rows, mode="sequential", num_frames=3, backend="onnxruntime", precision="int8")
+    speedups = _int8_ratios(int8, sltnet) if int8 is not None and sltnet is not None else None
+    no_int8 = "no int8 and fp32 sequential N=3 onnxruntime rows"
+    check(
+        "int8 frame engine speed-up over fp32 (onnxruntime)",
+        speedups["frame_engine"] if speedups is not None else None,
+        MIN_INT8_FRAME_ENGINE_SPEEDUP,
+        False,
+        no_int8,
+    )
+    check(
+        "int8 SLTnet fps / fp32 SLTnet fps (onnxruntime)",
+        speedups["fps"] if speedups is not None else None,
+        MIN_INT8_VS_FP32,
+        False,
+        no_int8,
+    )
     return checks
 
 
@@ -379,27 +511,58 @@ def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-def markdown_report(rows: Sequence[dict], ratio_lists: dict[str, list[dict]], checks: Sequence[dict]) -> str:
-    """The table, the ratio lines and the check lines."""
+def streams_table(stream_rows: Sequence[dict]) -> list[str]:
+    """The multi-stream rows as markdown table lines (none without rows)."""
+    if not stream_rows:
+        return []
+    header = ["target", "mode", "precision", "backend", "batch", "streams", "fps (all streams)", "fps per stream"]
+    header += ["p50 ms"]
+    header += ["p95 ms", "frame-engine runs / frame"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in stream_rows:
+        cells = [row["target"], row["mode"], row["precision"], row["description"], str(row["batch"])]
+        cells += [str(row["streams"])]
+        cells += [f"{row['fps']:.1f}", f"{row['fps_per_stream']:.1f}"]
+        cells += [_ms(row["latency_ms"][q]) for q in ("p50", "p95")] + [f"{row['frame_engine_runs_per_frame']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def markdown_report(
+    rows: Sequence[dict], ratio_lists: dict[str, list[dict]], checks: Sequence[dict], stream_rows: Sequence[dict] = ()
+) -> str:
+    """The table, the multi-stream table, the ratio lines and the check lines."""
     cuda = any(row["peak_cuda_mib"] is not None for row in rows)
-    header = ["target", "mode", "backend", "fps", "ms/frame", "p50 ms", "p95 ms", "p99 ms", "delay (frames)"]
+    header = ["target", "mode", "precision", "backend", "fps", "ms/frame", "p50 ms", "p95 ms", "p99 ms"]
+    header += ["delay (frames)"]
     header += [f"{stage} ms" for stage in STAGES] + ["bookkeeping %", "peak RSS MiB"]
     header += ["peak CUDA MiB"] if cuda else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         latency, share = row["latency_ms"], row["bookkeeping_share"]
-        cells = [row["target"], row["mode"], row["description"], f"{row['fps']:.1f}", _ms(row["per_frame_ms"])]
+        cells = [row["target"], row["mode"], row["precision"], row["description"], f"{row['fps']:.1f}"]
+        cells += [_ms(row["per_frame_ms"])]
         cells += [_ms(latency[q]) for q in ("p50", "p95", "p99")] + [str(row["delay_frames"])]
         cells += [_ms(row["stages_ms"][stage]) for stage in STAGES]
         cells += ["–" if share is None else f"{100 * share:.1f}", f"{row['peak_rss_mib']:.0f}"]
         cells += [_ms(row["peak_cuda_mib"])] if cuda else []
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    lines += streams_table(stream_rows)
     for entry in ratio_lists["sltnet_vs_baseline_fps"]:
         compared = f"{entry['sltnet']} / {entry['baseline']}"
         lines.append(f"- SLTnet/baseline fps ({entry['backend']}): {compared} = {entry['ratio']:.2f}")
     for entry in ratio_lists["onnxruntime_vs_eager_fps"]:
         lines.append(f"- onnxruntime/eager fps: {entry['target']} = {entry['ratio']:.2f}")
+    for entry in ratio_lists["int8_vs_fp32"]:
+        engines = ", ".join(
+            f"{stage.replace('_', ' ')} {entry[stage]:.2f}x"
+            for stage in ("frame_engine", "temporal_engine")
+            if entry[stage]
+        )
+        lines.append(
+            f"- int8/fp32 fps ({entry['backend']}): {entry['int8']} / {entry['fp32']} = {entry['fps']:.2f} ({engines})"
+        )
     for entry in ratio_lists["bookkeeping_share"]:
         lines.append(f"- bookkeeping share ({entry['backend']}): {entry['target']} = {100 * entry['share']:.1f} %")
     lines.append("")
@@ -433,6 +596,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--frames", type=int, default=500, help="measured frames per row (default 500)")
     parser.add_argument("--warmup", type=int, default=50, help="unmeasured frames first (default 50)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads (default: all cores)")
+    parser.add_argument(
+        "--streams",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="also run N concurrent streams through the multi-stream runtime, per N (e.g. 1 2 4)",
+    )
     parser.add_argument("--json", metavar="OUT", help="write rows, ratios, checks and machine info as JSON")
     return parser
 
@@ -444,6 +614,8 @@ def _check_arguments(args) -> None:
         )
     if args.threads < 1:
         raise SltnetError(f"--threads {args.threads}: must be at least 1")
+    if args.streams is not None and min(args.streams) < 1:
+        raise SltnetError(f"--streams {min(args.streams)}: must be at least 1")
     if (args.config_file is None) != (args.weights is None):
         raise SltnetError("--config-file and --weights: give both or neither")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -485,7 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = targets_from_args(args)
     with tempfile.TemporaryDirectory(prefix="sltnet-fps-") as scratch:
         videos: dict[tuple[int, int], str] = {}
-        rows = []
+        rows, stream_rows = [], []
         for target in targets:
             if args.video is not None:
                 _check_video_size(args.video, target)
@@ -494,8 +666,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             video = args.video or videos[target.input_size]
             backends = args.backend if target.manifest is not None else [EAGER]
             rows += [run_row(target, name, video, args) for name in backends]
+            if target.manifest is not None:
+                stream_rows += [
+                    run_stream_row(target, name, num_streams, video, args)
+                    for name in backends
+                    if name != EAGER
+                    for num_streams in args.streams or ()
+                ]
     ratio_lists, checks = ratios(rows), acceptance_checks(rows)
-    report = markdown_report(rows, ratio_lists, checks)
+    report = markdown_report(rows, ratio_lists, checks, stream_rows)
     print(report, end="")
     if args.json:
         command = sys.argv if argv is None else ["benchmarks/fps.py", *argv]
@@ -506,8 +685,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "warmup": args.warmup,
                 "device": args.device,
                 "video": args.video or "synthetic",
+                "streams": args.streams or [],
             },
             "rows": rows,
+            "stream_rows": stream_rows,
             "ratios": ratio_lists,
             "checks": checks,
             "markdown": report,

@@ -1,13 +1,16 @@
 """``sltnet-export``: split a trained model into a frame engine and a temporal engine.
 
-    sltnet-export --config-file C [--weights W] --out DIR [--format onnx|trt] [--fp16]
-                  [--input-size H W] [--mode sequential|symmetric] [--check-trt]
+    sltnet-export --config-file C [--weights W] --out DIR [--format onnx|trt] [--precision fp32|fp16|int8]
+                  [--calib-dataset NAME] [--calib-frames N] [--input-size H W] [--batch B]
+                  [--mode sequential|symmetric] [--check-trt]
                   [--dataset NAME | --class-names A,B,...] [KEY VALUE ...]
 
 Writes ``DIR/frame.onnx``, ``DIR/temporal.onnx`` and ``DIR/manifest.json``; with ``--format trt``
-also ``DIR/frame.engine`` and ``DIR/temporal.engine`` (TensorRT 10) and a timing cache. Without
-TensorRT or a GPU, ``--format trt`` still writes the ONNX files and the manifest, then fails with
-one line (exit status 2).
+also ``DIR/frame.engine`` and ``DIR/temporal.engine`` (TensorRT 10 or 11, strongly typed) and a
+timing cache. Without TensorRT or a GPU, ``--format trt`` still writes the ONNX files and the
+manifest, then fails with one line (exit status 2). ``--precision`` sets the graphs' own precision
+(:mod:`export.precision`): FP16 graphs, or INT8 Q/DQ graphs calibrated on ``--calib-frames`` frames
+of ``--calib-dataset``; TensorRT builds them as they are.
 
 The export is written into a new folder beside DIR that replaces DIR once the ONNX files and the
 manifest are complete, so an interrupted export leaves the previous one loadable; a DIR holding
@@ -25,6 +28,7 @@ from yacs.config import CfgNode
 
 from export.manifest import build_manifest
 from export.onnx_export import FRAME_ONNX, TEMPORAL_ONNX, check_exportable, default_input_size, export_onnx
+from export.precision import Calibration, convert_engines
 from export.tensorrt_build import build_engine, tensorrt_unavailable
 from export.trt_check import check_model, default_ops_table, load_ops_table
 from sltnet.atomic_io import atomic_folder, check_outputs
@@ -37,6 +41,7 @@ from sltnet.modeling.build import build_model, has_temporal_weights
 from sltnet.modeling.sltnet import SLTnet
 
 ENGINE_SUFFIX = ".engine"
+DEFAULT_CALIBRATION_FRAMES = 300
 TIMING_CACHE = "timing.cache"
 #: Everything an export folder may hold.
 EXPORT_FILES = {
@@ -69,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="frame size the engines take (default: INPUT.MIN_SIZE_TEST x INPUT.MAX_SIZE_TEST)",
     )
     parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        metavar="B",
+        help="frames per frame-engine run, for the multi-stream runtime (default 1)",
+    )
+    parser.add_argument(
         "--mode",
         choices=("sequential", "symmetric"),
         help="SLTnet window mode (default: the config's MODEL.SPATIOTEMPORAL.FORWARD_AGGREGATION)",
@@ -88,13 +100,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TSV",
         help="TensorRT operator table (default: export/tensorrt_onnx_ops.tsv, shipped with the package)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="the graphs' precision: fp32, fp16 (feature tensors and most layers), or int8 (Q/DQ, calibrated)",
+    )
+    parser.add_argument(
+        "--calib-dataset",
+        metavar="NAME",
+        help="int8: calibrate on frames of this dataset (default: the config's DATASETS.TRAIN[0])",
+    )
+    parser.add_argument(
+        "--calib-frames",
+        type=int,
+        default=DEFAULT_CALIBRATION_FRAMES,
+        metavar="N",
+        help=f"int8: calibration frames, whole videos spread over the dataset (default {DEFAULT_CALIBRATION_FRAMES})",
+    )
     classes = parser.add_mutually_exclusive_group()
     classes.add_argument(
         "--dataset", metavar="NAME", help="take the class names from this dataset (default: DATASETS.TEST[0])"
     )
     classes.add_argument("--class-names", metavar="A,B,...", help="class names, comma-separated, in class order")
     trt = parser.add_argument_group("TensorRT (--format trt)")
-    trt.add_argument("--fp16", action="store_true", help="allow FP16 kernels")
     trt.add_argument(
         "--workspace-mib", type=int, default=4096, metavar="MIB", help="builder workspace limit in MiB (default 4096)"
     )
@@ -119,8 +148,14 @@ def _check_arguments(args: argparse.Namespace) -> None:
             )
     if args.input_size is not None and min(args.input_size) <= 0:
         raise SltnetError(f"--input-size {args.input_size[0]} {args.input_size[1]}: sides must be positive")
-    if args.format != "trt" and (args.fp16 or args.timing_cache):
-        raise SltnetError("--fp16 and --timing-cache apply to --format trt")
+    if args.batch < 1:
+        raise SltnetError(f"--batch {args.batch}: must be at least 1")
+    if args.format != "trt" and args.timing_cache:
+        raise SltnetError("--timing-cache applies to --format trt")
+    if args.precision != "int8" and (args.calib_dataset is not None or args.calib_frames != DEFAULT_CALIBRATION_FRAMES):
+        raise SltnetError("--calib-dataset and --calib-frames apply to --precision int8")
+    if args.calib_frames <= 0:
+        raise SltnetError(f"--calib-frames {args.calib_frames}: must be positive")
     if args.workspace_mib <= 0:
         raise SltnetError(f"--workspace-mib {args.workspace_mib}: must be positive")
 
@@ -174,6 +209,19 @@ def _classes(args: argparse.Namespace, cfg: CfgNode) -> tuple[list[str], list[in
     return list(dataset.class_names), list(dataset.category_ids)
 
 
+def _calibration(args: argparse.Namespace, cfg: CfgNode) -> Calibration | None:
+    """The calibration frames of an int8 export (None for another precision)."""
+    if args.precision != "int8":
+        return None
+    if args.batch != 1:
+        raise SltnetError(f"--precision int8 --batch {args.batch}: int8 exports are calibrated for --batch 1 only")
+    name = args.calib_dataset or (cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None)
+    if name is None:
+        raise SltnetError("--precision int8: no calibration frames: pass --calib-dataset")
+    dataset = load_dataset(name, catalog_from_args(args, cfg.DATASETS.CATALOG))
+    return Calibration(name, dataset, args.calib_frames)
+
+
 def _check_trt(args: argparse.Namespace, out: Path, names: Sequence[str]) -> None:
     table = load_ops_table(args.ops_table or default_ops_table())
     failures = 0
@@ -193,12 +241,11 @@ def _build_tensorrt(args: argparse.Namespace, out: Path, manifest: Manifest) -> 
     for _, engine in manifest.engines.items():
         onnx_path = out / engine.onnx
         engine_name = Path(engine.onnx).with_suffix(ENGINE_SUFFIX).name
-        print(f"building {out / engine_name} ({'fp16' if args.fp16 else 'fp32'})", flush=True)
+        print(f"building {out / engine_name} ({manifest.precision.precision}, strongly typed)", flush=True)
         shapes = {spec.name: list(spec.shape) for spec in engine.inputs}
         build_engine(
             onnx_path,
             out / engine_name,
-            fp16=args.fp16,
             workspace_mib=args.workspace_mib,
             timing_cache=timing_cache,
             input_shapes=shapes,
@@ -208,7 +255,6 @@ def _build_tensorrt(args: argparse.Namespace, out: Path, manifest: Manifest) -> 
 
     manifest.tensorrt = TensorRTSection(
         version=tensorrt.__version__,
-        precision="fp16" if args.fp16 else "fp32",
         workspace_mib=args.workspace_mib,
         device=torch.cuda.get_device_name(),
     )
@@ -222,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_exportable(cfg)
     input_size = tuple(args.input_size) if args.input_size else default_input_size(cfg)
     classes, category_ids = _classes(args, cfg)
+    calibration = _calibration(args, cfg)
     out = Path(args.out)
 
     print(
@@ -237,12 +284,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The export is written into a new folder that replaces --out once complete: an interrupted
     # export leaves the previous one as it was.
     with atomic_folder(out, carry_over=(TIMING_CACHE,)) as staging:
-        engines = export_onnx(model, cfg, staging, input_size)
+        engines = export_onnx(model, cfg, staging, input_size, args.batch)
         source = {"config_file": args.config_file, "weights": cfg.MODEL.WEIGHTS}
         manifest = build_manifest(cfg, engines, classes, category_ids, source)
+        manifest = convert_engines(staging, manifest, args.precision, calibration)
         manifest.write(staging)
     onnx_names = [engine.onnx for _, engine in manifest.engines.items()]
-    print(f"wrote {', '.join(onnx_names)} and manifest.json to {out} ({manifest.mode})", flush=True)
+    print(
+        f"wrote {', '.join(onnx_names)} and manifest.json to {out} ({manifest.mode}, {manifest.precision.precision})",
+        flush=True,
+    )
 
     if args.check_trt:
         _check_trt(args, out, onnx_names)

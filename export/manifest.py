@@ -46,14 +46,15 @@ def build_manifest(
         category_ids=[int(i) for i in category_ids],
         input=InputSection(
             tensor=IMAGE_INPUT,
-            shape=(1, 3, *modules.input_size),
+            shape=(modules.batch, 3, *modules.input_size),
+            batch=modules.batch,
             dtype="uint8",
             channel_order="RGB",
             resized_size=modules.resized_size,
             preprocessing_in_frame_engine=Preprocessing(
                 resize_short_side=cfg.INPUT.MIN_SIZE_TEST,
                 resize_max_size=cfg.INPUT.MAX_SIZE_TEST,
-                resize_mode="bilinear, half-pixel centres, no antialiasing",
+                resize_mode="PIL bilinear (antialiased when shrinking), as constant matrix products",
                 network_channel_order=cfg.INPUT.FORMAT,
                 pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
                 pixel_std=list(cfg.MODEL.PIXEL_STD),

@@ -142,19 +142,20 @@ def export_module(
 
 
 def export_onnx(
-    model: SLTnet | FasterRCNN, cfg: CfgNode, out_dir: Path, input_size: tuple[int, int]
+    model: SLTnet | FasterRCNN, cfg: CfgNode, out_dir: Path, input_size: tuple[int, int], batch: int = 1
 ) -> ExportedEngines:
     """Write ``frame.onnx`` and ``temporal.onnx`` for ``model`` into ``out_dir``.
 
     Args:
         cfg: the model's config (preprocessing, memory size).
         input_size: (height, width) of the frames the engines will take.
+        batch: frames per frame-engine run.
     Raises:
         SltnetError: a config the engines cannot reproduce, or a graph that fails its checks.
     """
     check_exportable(cfg)
     preprocessor = ImagePreprocessor.from_config(cfg)
-    modules = build_engine_modules(model, preprocessor, input_size, cfg.MODEL.SPATIOTEMPORAL.NUM_KEYFRAMES)
+    modules = build_engine_modules(model, preprocessor, input_size, cfg.MODEL.SPATIOTEMPORAL.NUM_KEYFRAMES, batch)
     frame, temporal = modules.frame, modules.temporal
     frame_io = export_module(frame, modules.frame_inputs, [IMAGE_INPUT], frame.output_names, out_dir / FRAME_ONNX)
     temporal_io = export_module(

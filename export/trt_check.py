@@ -8,6 +8,10 @@ node (after inlining local functions, including nodes of subgraphs) it verifies:
 - its data tensors have a type the table lists: the inputs/outputs whose type constraint in the ONNX
   schema admits several types, other than index-only ones (int32/int64), e.g. ``X`` of ``Where``
   but not its bool ``condition``, or ``data`` of ``Gather`` but not its ``indices``;
+- explicit quantization (QuantizeLinear / DequantizeLinear, how an INT8 graph states its precision):
+  the quantized side (Q's output and zero point, DQ's input and zero point) has a type the table
+  gives DequantizeLinear (INT8, FP8, INT4: not UINT8), the float side one it gives QuantizeLinear,
+  and the zero point is a constant of zeros (TensorRT quantizes symmetrically);
 - the table's restrictions: inputs it requires to be initializers / constant tensors (an initializer
   or a ``Constant`` node's output, which the parser imports as weights), TopK ``sorted`` = 1 with a
   constant K < 3840, Resize modes without antialiasing, MaxPool without ``Indices`` and with unit
@@ -39,8 +43,16 @@ OPS_TABLE_NAME = "tensorrt_onnx_ops.tsv"
 TOPK_LIMIT = 3840  # K must be below
 NMS_BOX_LIMIT = 5000  # boxes TensorRT's NMS looks at
 
-# ONNX element types by the names the table uses. "INF64" is the table's spelling of INT64 in one row.
-_TABLE_TYPE_NAMES = {"FP32": "FLOAT", "FP16": "FLOAT16", "BF16": "BFLOAT16", "FP64": "DOUBLE", "INF64": "INT64"}
+# ONNX element types by the names the table uses. "INF64" is the table's spelling of INT64 in one row;
+# TensorRT's FP8 is E4M3.
+_TABLE_TYPE_NAMES = {
+    "FP32": "FLOAT",
+    "FP16": "FLOAT16",
+    "BF16": "BFLOAT16",
+    "FP64": "DOUBLE",
+    "FP8": "FLOAT8E4M3FN",
+    "INF64": "INT64",
+}
 _INDEX_TYPES = {"tensor(int32)", "tensor(int64)"}
 _CONSTANT_SENTENCE = re.compile(
     r"^`(\w+)` (?:input )?must be (?:an initializer|a constant tensor|a build-time constant)$"
@@ -164,22 +176,62 @@ def _input(node: onnx.NodeProto, schema: onnx.defs.OpSchema, name: str) -> str |
     return None
 
 
+def _parameters(node: onnx.NodeProto, schema: onnx.defs.OpSchema) -> Iterator[tuple[str, str, str]]:
+    """(schema name, type string, value) of each input and output the node gives."""
+    for values, formals in ((node.input, schema.inputs), (node.output, schema.outputs)):
+        for index, value in enumerate(values):
+            if value and formals:
+                formal = formals[min(index, len(formals) - 1)]  # variadic parameters come last
+                yield formal.name, formal.type_str, value
+
+
+def _type_problem(name: str, value: str, allowed: frozenset, graph: _Graph) -> list[str]:
+    type_name = graph.type_name(value)
+    return (
+        [] if type_name in allowed else [f"{name} {value!r} has type {type_name}, TensorRT supports {sorted(allowed)}"]
+    )
+
+
 def _type_problems(node: onnx.NodeProto, schema: onnx.defs.OpSchema, support: OpSupport, graph: _Graph) -> list[str]:
     constraints = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
     problems = []
-    for values, formals in ((node.input, schema.inputs), (node.output, schema.outputs)):
-        for index, value in enumerate(values):
-            if not value or not formals:
-                continue
-            formal = formals[min(index, len(formals) - 1)]  # variadic parameters come last
-            allowed = constraints.get(formal.type_str)
-            if allowed is None or len(allowed) < 2 or allowed <= _INDEX_TYPES:
-                continue
-            type_name = graph.type_name(value)
-            if type_name not in support.types:
-                problems.append(
-                    f"{formal.name} {value!r} has type {type_name}, TensorRT supports {sorted(support.types)}"
-                )
+    for name, type_str, value in _parameters(node, schema):
+        allowed = constraints.get(type_str)
+        if allowed is not None and len(allowed) >= 2 and not allowed <= _INDEX_TYPES:
+            problems += _type_problem(name, value, support.types, graph)
+    return problems
+
+
+# The quantized side of each explicit-quantization operator (the rest is its float side) and its zero point.
+_QUANTIZED = {
+    "QuantizeLinear": (("y", "y_zero_point"), "y_zero_point"),
+    "DequantizeLinear": (("x", "x_zero_point"), "x_zero_point"),
+}
+_NOT_IN_TABLE = OpSupport(False, frozenset(), "")
+
+
+def _quantization_problems(
+    node: onnx.NodeProto, schema: onnx.defs.OpSchema, table: dict[str, OpSupport], graph: _Graph
+) -> list[str]:
+    """QuantizeLinear / DequantizeLinear: types of both sides, and a constant zero point of zeros. A
+    missing zero point is 0; a QuantizeLinear without one outputs uint8 (ONNX's default)."""
+    quantized, zero_point_name = _QUANTIZED[node.op_type]
+    problems = []
+    for name, _, value in _parameters(node, schema):
+        side = "DequantizeLinear" if name in quantized else "QuantizeLinear"
+        problems += _type_problem(name, value, table.get(side, _NOT_IN_TABLE).types, graph)
+    zero_point = _input(node, schema, zero_point_name)
+    if zero_point is None:
+        return problems
+    if not graph.is_constant(zero_point):
+        return problems + [f"{zero_point_name} ({zero_point!r}) must be a constant of zeros"]
+    nonzero = np.flatnonzero(graph.constant(zero_point))
+    if nonzero.size:
+        first = graph.constant(zero_point).reshape(-1)[nonzero[0]]
+        problems.append(
+            f"{zero_point_name} {zero_point!r} must be 0 (TensorRT quantizes symmetrically), "
+            f"{nonzero.size} values are not, e.g. {first}"
+        )
     return problems
 
 
@@ -328,4 +380,6 @@ def _node_problems(node: onnx.NodeProto, table: dict[str, OpSupport], graph: _Gr
     if not support.supported:
         return ["operator not supported by TensorRT"]
     schema = onnx.defs.get_schema(node.op_type, graph.opset, node.domain)
+    if node.op_type in _QUANTIZED:
+        return _quantization_problems(node, schema, table, graph)
     return _type_problems(node, schema, support, graph) + _restriction_problems(node, schema, support, graph)

@@ -20,19 +20,37 @@ PALETTE = (
 )
 
 
+DEFAULT_DRAW_THRESH = 0.4  # below it, boxes are mostly noise to a viewer (the JSON keeps them)
+
+
+def detections_to_draw(result: FrameResult, score_thresh: float) -> list[tuple[list[float], float, int]]:
+    """(box [x1, y1, x2, y2] in frame pixels, score, class index) of the detections scoring at least
+    ``score_thresh``, in ``result``'s order."""
+    return [
+        (box, score, label)
+        for box, score, label in zip(result.boxes.tolist(), result.scores.tolist(), result.classes.tolist())
+        if score >= score_thresh
+    ]
+
+
 def annotate(
-    image: np.ndarray, result: FrameResult, class_names: Sequence[str], fps: float | None = None
+    image: np.ndarray,
+    result: FrameResult,
+    class_names: Sequence[str],
+    fps: float | None = None,
+    score_thresh: float = DEFAULT_DRAW_THRESH,
 ) -> np.ndarray:
-    """Draw ``result``'s detections (and ``fps``, top left) on a copy of ``image``.
+    """Draw ``result``'s detections scoring at least ``score_thresh`` (and ``fps``, top left) on a
+    copy of ``image``.
 
     Args:
-        image: uint8 [H, W, 3] RGB.
+        image: uint8 [H, W, 3] RGB, the frame the boxes are in.
     Returns:
         uint8 [H, W, 3] RGB.
     """
     canvas = Image.fromarray(image)
     draw = ImageDraw.Draw(canvas)
-    for box, score, label in zip(result.boxes.tolist(), result.scores.tolist(), result.classes.tolist()):
+    for box, score, label in detections_to_draw(result, score_thresh):
         colour = PALETTE[label % len(PALETTE)]
         draw.rectangle(box, outline=colour, width=2)
         text = f"{class_names[label]} {score:.2f}"

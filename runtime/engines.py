@@ -10,8 +10,8 @@ buffer is how the runtime rotates its window; binding the same buffer again is f
   CUDA. A module returns new tensors, so this reference backend copies them into the bound outputs.
 - ``onnxruntime``: the ONNX graphs with I/O binding (``bind_input`` / ``bind_output`` with the
   buffers' addresses), CPU, or CUDA where onnxruntime-gpu is installed.
-- ``tensorrt``: TensorRT 10 plans, named tensors, ``set_tensor_address`` + ``execute_async_v3`` on
-  one dedicated CUDA stream, buffers from torch CUDA tensors.
+- ``tensorrt``: TensorRT 10 or 11 plans, named tensors, ``set_tensor_address`` + ``execute_async_v3``
+  on one dedicated CUDA stream, buffers from torch CUDA tensors.
 
 :func:`open_backend` opens one by name; ``"auto"`` takes the fastest available.
 """
@@ -25,11 +25,40 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from runtime.qdq import cpu_provider_graph
 from sltnet.contract import MANIFEST_FILE, Manifest, TensorSpec
 from sltnet.errors import SltnetError
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
-TENSORRT_MAJOR = 10
+#: TensorRT major versions whose Python API the build and the runtime use (docs/deployment.md).
+TENSORRT_MAJORS = (10, 11)
+TENSORRT_REQUIREMENT = "tensorrt>=10,<12"
+#: Every ``tensorrt`` attribute the runtime's TensorRT code uses, as ``Class.member`` paths from the
+#: module (checked against both majors' API references; tests/test_tensorrt_api.py checks the list
+#: against this file's TensorRT code and, where ``tensorrt`` imports, against the module).
+TENSORRT_RUNTIME_API = (
+    "__version__",
+    "Logger",
+    "Logger.WARNING",
+    "Runtime",
+    "Runtime.deserialize_cuda_engine",
+    "ICudaEngine.num_io_tensors",
+    "ICudaEngine.get_tensor_name",
+    "ICudaEngine.get_tensor_mode",
+    "ICudaEngine.get_tensor_shape",
+    "ICudaEngine.get_tensor_dtype",
+    "ICudaEngine.create_execution_context",
+    "IExecutionContext.set_tensor_address",
+    "IExecutionContext.execute_async_v3",
+    "TensorIOMode.INPUT",
+    "DataType.FLOAT",
+    "DataType.HALF",
+    "DataType.INT8",
+    "DataType.UINT8",
+    "DataType.INT32",
+    "DataType.INT64",
+    "DataType.BOOL",
+)
 
 
 #: onnxruntime's element type names, as NumPy dtype names.
@@ -182,7 +211,9 @@ class OnnxRuntimeEngine(BoundEngine):
             providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0})]
         else:
             providers = ["CPUExecutionProvider"]
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+        # An INT8 graph is opened in the form the CPU provider's integer kernels run fast (runtime.qdq).
+        graph = cpu_provider_graph(path) if self.device.type == "cpu" else str(path)
+        self.session = onnxruntime.InferenceSession(graph, options, providers=providers)
         graph_io = {
             value.name: (tuple(value.shape), ONNXRUNTIME_TYPES.get(value.type, value.type))
             for value in [*self.session.get_inputs(), *self.session.get_outputs()]
@@ -205,14 +236,39 @@ class OnnxRuntimeEngine(BoundEngine):
         self.session.run_with_iobinding(self.binding)
 
 
-class TensorRTEngine(BoundEngine):
-    """A TensorRT 10 plan run by tensor name on ``stream``.
+def _tensorrt_dtype_names(trt) -> dict:
+    """TensorRT's data types of the engines' tensors, as NumPy dtype names (the manifest's)."""
+    return {
+        trt.DataType.FLOAT: "float32",
+        trt.DataType.HALF: "float16",
+        trt.DataType.INT8: "int8",
+        trt.DataType.UINT8: "uint8",
+        trt.DataType.INT32: "int32",
+        trt.DataType.INT64: "int64",
+        trt.DataType.BOOL: "bool",
+    }
 
+
+class TensorRTEngine(BoundEngine):
+    """A TensorRT 10 or 11 plan run by tensor name on ``stream``.
+
+    Args:
+        path: the plan.
+        inputs, outputs: the engine's tensors (from the manifest).
+        stream: the ``torch.cuda.Stream`` it runs on.
+        built_by: the TensorRT version and GPU that built the plan, for the error message.
     Raises:
         SltnetError: a plan this TensorRT cannot deserialize, or I/O other than the manifest's.
     """
 
-    def __init__(self, path: str | Path, inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec], stream) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        inputs: dict[str, TensorSpec],
+        outputs: dict[str, TensorSpec],
+        stream,
+        built_by: str = "another TensorRT or GPU",
+    ) -> None:
         import tensorrt as trt
 
         super().__init__(inputs, outputs, torch.device("cuda", torch.cuda.current_device()))
@@ -221,13 +277,25 @@ class TensorRTEngine(BoundEngine):
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
         if self.engine is None:
-            raise SltnetError(f"{path}: TensorRT cannot deserialize this engine (built by another TensorRT or GPU?)")
+            raise SltnetError(
+                f"{path}: TensorRT {trt.__version__} cannot deserialize this plan, built by {built_by} "
+                "(plans run only on the TensorRT version and GPU that built them: export again here)"
+            )
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        dtype_names = _tensorrt_dtype_names(trt)
         plan_io = {
-            name: (tuple(self.engine.get_tensor_shape(name)), trt.nptype(self.engine.get_tensor_dtype(name)).__name__)
+            name: (
+                tuple(self.engine.get_tensor_shape(name)),
+                dtype_names.get(self.engine.get_tensor_dtype(name), str(self.engine.get_tensor_dtype(name))),
+            )
             for name in names
         }
         check_engine_io(path, plan_io, self.inputs, self.outputs)
+        for name in names:
+            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            if is_input != (name in self.inputs):
+                role = "an input" if is_input else "an output"
+                raise SltnetError(f"{path}: tensor {name!r} is {role} of the plan, not of manifest.json (export again)")
         self.context = self.engine.create_execution_context()
 
     def _set_address(self, name: str, tensor: Tensor) -> None:
@@ -324,23 +392,35 @@ def onnxruntime_backend(
     return Backend("onnxruntime", f"onnxruntime ({provider})", device, frame_engine, temporal_engine)
 
 
+def tensorrt_major(version: str) -> int:
+    """The major version of a TensorRT version string ("10.16.1.11" -> 10)."""
+    return int(version.split(".")[0])
+
+
 def tensorrt_unavailable(manifest: Manifest | None = None) -> str | None:
     """Why TensorRT engines cannot be built or run here, or (given ``manifest``) why this export
     cannot run on the ``tensorrt`` backend; None when they can."""
     try:
         trt = importlib.import_module("tensorrt")
     except ImportError as err:
-        return f"the tensorrt package is not installed ({err}); install 'tensorrt>=10,<11'"
-    major = int(trt.__version__.split(".")[0])
-    if major != TENSORRT_MAJOR:
+        return f"the tensorrt package is not installed ({err}); install '{TENSORRT_REQUIREMENT}'"
+    if tensorrt_major(trt.__version__) not in TENSORRT_MAJORS:
+        supported = " and ".join(str(major) for major in TENSORRT_MAJORS)
         return (
-            f"tensorrt {trt.__version__} is installed, sltnet needs the TensorRT {TENSORRT_MAJOR} API "
-            "('tensorrt>=10,<11')"
+            f"tensorrt {trt.__version__} is installed, sltnet uses the TensorRT {supported} API "
+            f"('{TENSORRT_REQUIREMENT}')"
         )
     if not torch.cuda.is_available():
         return "no CUDA GPU is available to torch"
-    if manifest is not None and manifest.engines.frame.tensorrt is None:
+    if manifest is None:
+        return None
+    if manifest.engines.frame.tensorrt is None or manifest.tensorrt is None:
         return "the export has no TensorRT engines (sltnet-export --format trt)"
+    if tensorrt_major(manifest.tensorrt.version) != tensorrt_major(trt.__version__):
+        return (
+            f"the export's plans were built by TensorRT {manifest.tensorrt.version}, this is TensorRT "
+            f"{trt.__version__}: plans do not move between TensorRT versions (export again with --format trt here)"
+        )
     return None
 
 
@@ -348,21 +428,26 @@ def tensorrt_backend(directory: str | Path, manifest: Manifest) -> Backend:
     """The ``tensorrt`` backend: both plans on one dedicated CUDA stream.
 
     Raises:
-        SltnetError: TensorRT, a GPU or the export's plans are missing.
+        SltnetError: TensorRT, a GPU or the export's plans are missing, or the plans are another
+            TensorRT major version's.
     """
     reason = tensorrt_unavailable(manifest)
     if reason is not None:
         raise SltnetError(f"--backend tensorrt: {reason}")
+    assert manifest.tensorrt is not None  # tensorrt_unavailable checked it
+    built_by = f"TensorRT {manifest.tensorrt.version} on {manifest.tensorrt.device}"
     stream = torch.cuda.Stream()
     frame_engine, temporal_engine = (
-        TensorRTEngine(Path(directory) / str(engine.tensorrt), engine.input_specs(), engine.output_specs(), stream)
+        TensorRTEngine(
+            Path(directory) / str(engine.tensorrt), engine.input_specs(), engine.output_specs(), stream, built_by
+        )
         for _, engine in manifest.engines.items()
     )
-    import tensorrt
+    import tensorrt as trt
 
     return Backend(
         "tensorrt",
-        f"tensorrt {tensorrt.__version__} ({torch.cuda.get_device_name()})",
+        f"tensorrt {trt.__version__} ({torch.cuda.get_device_name()})",
         frame_engine.device,
         frame_engine,
         temporal_engine,

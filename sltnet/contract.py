@@ -31,7 +31,7 @@ from sltnet.errors import SltnetError
 # --------------------------------------------------------------------------------------------------
 # Tensor names
 # --------------------------------------------------------------------------------------------------
-#: The frame engine's input: uint8 [1, 3, H_in, W_in] RGB.
+#: The frame engine's input: uint8 [B, 3, H_in, W_in] RGB (B: ``input.batch``, 1 unless exported with --batch).
 IMAGE_INPUT = "image"
 #: The frame engine's outputs, in order.
 FEATURES = "features"
@@ -200,6 +200,15 @@ class InputSection(_Section):
     channel_order: Literal["RGB"]
     resized_size: tuple[int, int]
     preprocessing_in_frame_engine: Preprocessing
+    #: Frames per frame-engine run (``sltnet-export --batch``); written only when above 1, so a
+    #: one-frame export's manifest is the same as before batching existed.
+    batch: int = Field(default=1, ge=1, exclude_if=lambda batch: batch == 1)
+
+    @pydantic.model_validator(mode="after")
+    def _batch_is_the_first_dimension(self) -> "InputSection":
+        if self.shape[0] != self.batch:
+            raise ValueError(f"shape {list(self.shape)} does not start with the batch {self.batch}")
+        return self
 
     @property
     def size(self) -> tuple[int, int]:
@@ -272,9 +281,42 @@ class FileEntry(_Section):
 
 class TensorRTSection(_Section):
     version: str
-    precision: str
     workspace_mib: int
     device: str
+
+
+#: The numeric precision of an export's graphs (docs/export.md#precision).
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class CalibrationSection(_Section):
+    """The frames an INT8 export was calibrated on."""
+
+    dataset: str
+    videos: int = Field(ge=1)
+    frames: int = Field(ge=1)
+    method: str
+
+
+class PrecisionSection(_Section):
+    """How the graphs were converted from the float32 export.
+
+    Attributes:
+        converter: the library and function that rewrote the graphs, with its version.
+        float32_rule: which parts stayed float32 (fp16) or floating-point (int8), and why.
+        float32_nodes: per engine, its float32 nodes of the costly op types (fp16).
+        quantized_op_types: per engine, the op types given explicit Q/DQ (int8).
+        excluded_nodes: per engine, the nodes of those types left floating-point (int8).
+        calibration: the calibration data (int8).
+    """
+
+    precision: Precision = "fp32"
+    converter: str | None = None
+    float32_rule: str | None = None
+    float32_nodes: dict[str, list[str]] = {}
+    quantized_op_types: dict[str, list[str]] = {}
+    excluded_nodes: dict[str, list[str]] = {}
+    calibration: CalibrationSection | None = None
 
 
 class Manifest(_Section):
@@ -296,6 +338,7 @@ class Manifest(_Section):
     rpn: RpnSection
     engines: EnginesSection
     files: dict[str, FileEntry] = {}
+    precision: PrecisionSection = PrecisionSection()
     tensorrt: TensorRTSection | None = None
     versions: dict[str, str | int]
     source: dict[str, str]

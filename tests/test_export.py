@@ -664,7 +664,11 @@ SLTNET_ARGS = ["--config-file", TINY_SLTNET, "--weights", "unused.pt", "--class-
             [*SLTNET_ARGS, "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", "0"],
             "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO is 0 (adaptive)",
         ),
-        ([*SLTNET_ARGS, "--fp16"], "--fp16 and --timing-cache apply to --format trt"),
+        ([*SLTNET_ARGS, "--timing-cache", "t.cache"], "--timing-cache applies to --format trt"),
+        ([*SLTNET_ARGS, "--fp16"], "unrecognized arguments: --fp16"),
+        ([*SLTNET_ARGS, "--precision", "int4"], "invalid choice: 'int4'"),
+        ([*SLTNET_ARGS, "--calib-frames", "0", "--precision", "int8"], "--calib-frames 0: must be positive"),
+        ([*SLTNET_ARGS, "--precision", "int8", "--batch", "2"], "int8 exports are calibrated for --batch 1 only"),
         ([*SLTNET_ARGS, "--format", "tflite"], "invalid choice: 'tflite'"),
         (
             ["--config-file", TINY_SLTNET, "--weights", "missing.pt", "--class-names", CLASS_NAMES],

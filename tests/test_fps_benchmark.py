@@ -41,6 +41,10 @@ def exports(tmp_path_factory, weights):
         argv = ["--config-file", config, "--weights", str(weights["sltnet" if name == "sequential" else name])]
         assert export_main([*argv, "--out", str(out), "--class-names", CLASS_NAMES, *overrides]) == 0
         folders[name] = out
+    out = tmp_path_factory.mktemp("batch2") / "tiny_batch2"
+    argv = ["--config-file", TINY_SLTNET, "--weights", str(weights["sltnet"]), "--out", str(out), "--batch", "2"]
+    assert export_main([*argv, "--class-names", CLASS_NAMES, *SCORE_THRESH]) == 0
+    folders["batch2"] = out
     return folders
 
 
@@ -98,16 +102,38 @@ def test_report_json_and_markdown(exports, tmp_path, capsys):
         "ratio": pytest.approx(sequential["fps"] / baseline["fps"]),
     }
     assert [e["target"] for e in report["ratios"]["onnxruntime_vs_eager_fps"]] == ["tiny_sequential", "tiny_baseline"]
-    assert [c["status"] in ("PASS", "FAIL") for c in report["checks"]] == [True] * 4
-    assert "| tiny_sequential | sequential | onnxruntime" in printed
+    assert [c["status"] in ("PASS", "FAIL") for c in report["checks"][:4]] == [True] * 4
+    # The int8 checks need an int8 row beside the fp32 one.
+    assert [c["status"] for c in report["checks"][4:]] == ["SKIP", "SKIP"]
+    assert "| tiny_sequential | sequential | fp32 | onnxruntime" in printed
     assert "SLTnet/baseline fps (onnxruntime): tiny_sequential / tiny_baseline = " in printed
+
+
+def test_streams_table_has_a_row_per_stream_count(exports, tmp_path, capsys):
+    out = tmp_path / "fps.json"
+    argv = ["--engine", str(exports["batch2"]), "--backend", "onnxruntime", "--streams", "1", "2", "4"]
+    assert fps.main([*argv, "--frames", "3", "--warmup", "1", "--threads", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert [(row["target"], row["backend"]) for row in report["rows"]] == [("tiny_batch2", "onnxruntime")]
+    assert report["settings"]["streams"] == [1, 2, 4]
+    rows = report["stream_rows"]
+    assert [(row["streams"], row["batch"]) for row in rows] == [(1, 2), (2, 2), (4, 2)]
+    for row in rows:
+        assert row["frames"] == 3 * row["streams"]
+        assert row["fps"] == pytest.approx(row["fps_per_stream"] * row["streams"])
+        assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p95"]
+    # One stream runs each frame alone; two or four streams fill every batch of two.
+    assert [row["frame_engine_runs_per_frame"] for row in rows] == [1.0, 0.5, 0.5]
+    assert "| target | mode | precision | backend | batch | streams | fps (all streams) |" in printed
+    assert "| tiny_batch2 | sequential | fp32 | onnxruntime (CPUExecutionProvider) | 2 | 4 |" in printed
 
 
 def test_config_without_export_gets_an_eager_row(weights, capsys):
     argv = ["--config-file", TINY_SLTNET, "--weights", str(weights["sltnet"]), "--frames", "2", "--warmup", "1"]
     assert fps.main([*argv, "--threads", "1"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny_sltnet")]
-    assert len(rows) == 1 and rows[0].startswith("| tiny_sltnet (config) | sequential | eager PyTorch (cpu) |")
+    assert len(rows) == 1 and rows[0].startswith("| tiny_sltnet (config) | sequential | fp32 | eager PyTorch (cpu) |")
 
 
 def test_summary_skips_warmup_and_counts_delay():
@@ -125,9 +151,34 @@ def test_summary_skips_warmup_and_counts_delay():
     assert summary["bookkeeping_share"] == pytest.approx(0.3)
 
 
+def speed_row(target: str, precision: str, fps_value: float, frame_ms: float, temporal_ms: float) -> dict:
+    """A sequential N=3 onnxruntime row with the fields the ratios and checks read."""
+    return {
+        "target": target,
+        "mode": "sequential",
+        "num_frames": 3,
+        "backend": "onnxruntime",
+        "precision": precision,
+        "fps": fps_value,
+        "stages_ms": {"frame_engine": frame_ms, "temporal_engine": temporal_ms},
+        "bookkeeping_share": 0.01,
+        "latency_ms": {"p50": 10.0, "p95": 11.0, "p99": 12.0},
+    }
+
+
+def test_int8_checks_compare_each_int8_row_with_its_fp32_row():
+    rows = [speed_row("a_fp32", "fp32", 10.0, 40.0, 50.0), speed_row("a_int8", "int8", 12.0, 20.0, 45.0)]
+    (ratio,) = fps.ratios(rows)["int8_vs_fp32"]
+    assert (ratio["int8"], ratio["fp32"]) == ("a_int8", "a_fp32")
+    assert ratio["fps"] == pytest.approx(1.2) and ratio["frame_engine"] == pytest.approx(2.0)
+    checks = {c["check"]: c for c in fps.acceptance_checks(rows)}
+    assert checks["int8 frame engine speed-up over fp32 (onnxruntime)"]["status"] == "PASS"  # 2.0 >= 1.6
+    assert checks["int8 SLTnet fps / fp32 SLTnet fps (onnxruntime)"]["status"] == "FAIL"  # 1.2 < 1.3
+
+
 def test_checks_skip_without_the_rows_they_compare():
     checks = fps.acceptance_checks([])
-    assert [c["status"] for c in checks] == ["SKIP"] * 4
+    assert [c["status"] for c in checks] == ["SKIP"] * 6
 
 
 @pytest.mark.parametrize(
@@ -136,6 +187,7 @@ def test_checks_skip_without_the_rows_they_compare():
         (["--config-file", TINY_SLTNET], "--config-file and --weights: give both or neither"),
         (["--frames", "0"], "--frames 0 --warmup 50: need at least 1 frame and no negative warm-up"),
         (["--threads", "0"], "--threads 0: must be at least 1"),
+        (["--streams", "2", "0"], "--streams 0: must be at least 1"),
         (["--json", "missing/out.json"], "--json missing/out.json: folder missing does not exist"),
     ],
 )

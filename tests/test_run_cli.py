@@ -64,11 +64,11 @@ def one_error_line(capsys):
 # ------------------------------------------------------------------------------------------------
 # An output never replaces an input
 # ------------------------------------------------------------------------------------------------
-TARGETS = ["VIDEO", "link to VIDEO", "--gt-json", "manifest.json", "frame.onnx", "image of VIDEO", "other output"]
+TARGETS = ["SOURCE", "link to SOURCE", "--gt-json", "manifest.json", "frame.onnx", "image of SOURCE", "other output"]
 
 
 @pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("option", ["--out", "--json"])
+@pytest.mark.parametrize("option", ["--out", "--json", "--jsonl"])
 def test_an_output_is_never_an_input_or_the_other_output(tmp_path, engine, option, target, capsys):
     engines = tmp_path / "engines"
     engines.mkdir()
@@ -82,16 +82,16 @@ def test_an_output_is_never_an_input_or_the_other_output(tmp_path, engine, optio
     images = [{"id": 1 + i, "video": "vid_a", "frame_number": i, "file_name": f"{i}.jpg"} for i in range(6)]
     gt.write_text(json.dumps({"images": images}))
     (tmp_path / "link.mp4").symlink_to(source)
-    video_path = frames if target == "image of VIDEO" else source
-    other = {"--out": "--json", "--json": "--out"}[option]
+    video_path = frames if target == "image of SOURCE" else source
+    other = {"--out": "--json", "--json": "--jsonl", "--jsonl": "--out"}[option]
     path, message = {
-        "VIDEO": (source, "is also VIDEO; an output never replaces an input"),
-        "link to VIDEO": (tmp_path / "link.mp4", "is also VIDEO; an output never replaces an input"),
+        "SOURCE": (source, "is also SOURCE; an output never replaces an input"),
+        "link to SOURCE": (tmp_path / "link.mp4", "is also SOURCE; an output never replaces an input"),
         "--gt-json": (gt, "is also --gt-json; "),
         "manifest.json": (engines / "manifest.json", "is also --engine's manifest.json; "),
         "frame.onnx": (engines / "frame.onnx", "is also --engine's frame.onnx; "),
-        "image of VIDEO": (frames / "0000.png", "is also VIDEO's 0000.png; "),
-        "other output": (tmp_path / "both", "is also --(out|json); give each output its own path"),
+        "image of SOURCE": (frames / "0000.png", "is also SOURCE's 0000.png; "),
+        "other output": (tmp_path / "both", "is also --(out|json|jsonl); give each output its own path"),
     }[target]
     inputs = [source, gt, frames / "0000.png", *engines.iterdir()]
     before = {p: p.read_bytes() for p in inputs}
@@ -122,6 +122,15 @@ BAD_OPTIONS = [
     ("--score-thresh", "1.5", "--score-thresh 1.5: must be between 0 and 1"),
     ("--score-thresh", "-0.1", "--score-thresh -0.1: must be between 0 and 1"),
     ("--score-thresh", "nan", "--score-thresh nan: must be between 0 and 1"),
+    ("--draw-thresh", "1.5", "--draw-thresh 1.5: must be between 0 and 1"),
+    ("--draw-thresh", "nan", "--draw-thresh nan: must be between 0 and 1"),
+    ("--timeout", "0", "--timeout 0.0: must be a positive number of seconds"),
+    ("--timeout", "inf", "--timeout inf: must be a positive number of seconds"),
+    ("--timeout", "nan", "--timeout nan: must be a positive number of seconds"),
+    ("--reconnect", "-1", "--reconnect -1: must be at least 0"),
+    ("--reconnect-delay", "-1", "--reconnect-delay -1.0: must be between 0 and 30 s"),
+    ("--reconnect-delay", "nan", "--reconnect-delay nan: must be between 0 and 30 s"),
+    ("--input-option", "video_size", "--input-option 'video_size': must be KEY=VALUE"),
 ]
 
 

@@ -166,33 +166,42 @@ def test_a_new_video_starts_from_a_clean_state(sequential):
     assert len(runtime.memory) == 0 and [r.frame_index for r in runtime.push(second[0])] == [0]
 
 
-def test_memory_ring_keeps_keyframe_entries_by_rebinding_the_slot_the_engine_wrote(sequential):
+def test_memory_ring_keeps_keyframe_entries_by_rebinding_the_slot_the_engine_wrote(sequential, monkeypatch):
     manifest = Manifest.load(sequential)
     backend = onnxruntime_backend(sequential, manifest, num_threads=1)
     runtime = StreamingRuntime(manifest, backend)
-    bound = backend.temporal._bound
     interval, num_slots = manifest.memory.keyframe_interval, manifest.memory.num_keyframes
+    names = [f"memory{k}_valid" for k in range(num_slots)] + ["entry_valid"]
+    runs = []  # the memory buffers bound at each temporal run
+    execute = backend.temporal._execute
+
+    def recording_execute():
+        runs.append([backend.temporal._bound[name] for name in names])
+        execute()
+
+    monkeypatch.setattr(backend.temporal, "_execute", recording_execute)
     slot_buffers = {id(slot["valid"]) for slot in runtime.memory.slots}
     for t, frame in enumerate(video(FRAME_SIZE)):
-        spare = bound["entry_valid"]
         runtime.push(frame)
         assert runtime.memory.num_writes == t // interval + 1
-        inputs = [bound[f"memory{k}_valid"] for k in range(num_slots)]
+        *inputs, entry = runs[t]
         # K inputs and the output are K + 1 distinct ring buffers: no output aliases an input.
-        assert {id(x) for x in [*inputs, bound["entry_valid"]]} == slot_buffers
-        if t % interval == 0:  # a keyframe: the slot the engine wrote is now the newest input
-            assert inputs[-1] is spare and spare.any()
-            assert bound["entry_valid"] is runtime.memory.slots[runtime.memory.order[-1]]["valid"]
-        else:
-            assert bound["entry_valid"] is spare
+        assert {id(x) for x in runs[t]} == slot_buffers
+        if t > 0 and (t - 1) % interval == 0:  # after a keyframe: the slot the engine wrote is the newest input
+            assert inputs[-1] is runs[t - 1][-1] and inputs[-1].any()
+        elif t > 0:
+            assert entry is runs[t - 1][-1]  # a frame that is no keyframe leaves the spare to be overwritten
     assert len(runtime.memory) == num_slots
 
 
-def test_frame_of_the_wrong_size_and_a_too_low_threshold_are_refused(sequential):
+def test_what_is_no_rgb_frame_and_a_too_low_threshold_are_refused(sequential):
+    """Frames of any size are taken (tests/test_any_resolution.py); other types and shapes are not."""
     manifest = Manifest.load(sequential)
     runtime = StreamingRuntime(manifest, onnxruntime_backend(sequential, manifest, num_threads=1))
-    with pytest.raises(SltnetError, match=r"the engines take uint8 \[3, 128, 128\] RGB"):
-        runtime.push(torch.zeros(3, 120, 128, dtype=torch.uint8))
+    for frame in (torch.zeros(3, 120, 128), torch.zeros(1, 120, 128, dtype=torch.uint8), torch.zeros(3, 0, 5).byte()):
+        with pytest.raises(SltnetError, match=r"the runtime takes uint8 \[3, H, W\] RGB frames"):
+            runtime.push(frame)
+    assert [r.frame_index for r in runtime.push(torch.zeros(3, 120, 128, dtype=torch.uint8))] == [0]
     with pytest.raises(SltnetError, match="below the threshold 0.7 built into the engines"):
         StreamingRuntime(manifest, runtime.backend, score_thresh=0.1)
 
@@ -262,7 +271,6 @@ def bad_inputs(tmp_path, sequential):
     full = write_mp4(tmp_path / "full.mp4", video(FRAME_SIZE, num_frames=20))
     data = full.read_bytes()
     (tmp_path / "truncated.mp4").write_bytes(data[: len(data) * 2 // 3])
-    small = write_mp4(tmp_path / "small.mp4", video((96, 128), num_frames=2))
     stale = tmp_path / "stale"
     shutil.copytree(sequential, stale)
     with open(stale / "temporal.onnx", "ab") as handle:
@@ -272,7 +280,6 @@ def bad_inputs(tmp_path, sequential):
         ("not a video", tmp_path / "notes.txt", [], "notes.txt: not a video FFmpeg can read"),
         ("zero frames", empty, [], "empty.mp4: has no video stream, no frames"),
         ("corrupt", tmp_path / "truncated.mp4", [], "truncated.mp4: "),
-        ("size", small, [], "frames are 128x96, the engines in .* take 128x128 .*--input-size 96 128"),
         ("unwritable", full, ["--out", str(tmp_path / "notes.txt" / "out.mp4")], "folder .*notes.txt does not exist"),
         ("no manifest", full, ["--engine", str(tmp_path)], "manifest.json: not found"),
         ("stale manifest", full, ["--engine", str(stale)], "temporal.onnx: SHA-256 does not match"),

@@ -84,9 +84,9 @@ def test_video_windows_gives_one_window_per_real_frame_in_order():
     assert [[f.frame_number for f in window] for _, window in windows][-1] == [1, 2, 3, 3, 3]
 
 
-def test_groups_are_consecutive_frames_with_the_same_tracks():
-    video = make_video([[1, 2]] * 5)
-    assert frame_indices(training_groups(video, 3, 10)) == [[0, 1, 2], [1, 2, 3], [2, 3, 4]]
+def test_groups_are_consecutive_non_overlapping_frames_with_the_same_tracks():
+    video = make_video([[1, 2]] * 7)  # frame 6 alone would be an incomplete group
+    assert frame_indices(training_groups(video, 3, 10)) == [[0, 1, 2], [3, 4, 5]]
 
 
 @pytest.mark.parametrize(
@@ -94,26 +94,19 @@ def test_groups_are_consecutive_frames_with_the_same_tracks():
     [pytest.param([1], id="different"), pytest.param([], id="empty"), pytest.param([2, 1], id="reordered")],
 )
 def test_group_rule_rejects_groups_over_a_frame_with_other_tracks(breaking_tracks):
-    video = make_video([[1, 2], [1, 2], [1, 2], breaking_tracks, [1, 2], [1, 2], [1, 2]])
-    assert frame_indices(training_groups(video, 3, 10)) == [[0, 1, 2], [4, 5, 6]]
+    video = make_video([[1, 2]] * 4 + [breaking_tracks] + [[1, 2]] * 4)
+    assert frame_indices(training_groups(video, 3, 10)) == [[0, 1, 2], [6, 7, 8]]
 
 
 def test_frames_without_boxes_give_no_group():
     assert training_groups(make_video([[]] * 5), 2, 10) == []
 
 
-def test_groups_are_spread_evenly_up_to_the_maximum():
-    video = make_video([[7]] * 23)  # 21 valid groups of 3
-    starts = [group[0].frame_number for group in training_groups(video, 3, 5)]
-    assert starts == [0, 5, 10, 15, 20]
-    assert len(training_groups(video, 3, 21)) == 21
-    assert len(training_groups(video, 3, 100)) == 21
-
-
-def test_spreading_counts_only_valid_groups():
-    video = make_video([[1]] * 4 + [[]] * 6 + [[1]] * 4)  # valid starts 0, 1, 10, 11
-    starts = [group[0].frame_number for group in training_groups(video, 3, 3)]
-    assert starts == [0, 10, 11]
+def test_groups_are_spread_evenly_beyond_the_maximum():
+    video = make_video([[7]] * 48)  # 16 groups of 3
+    assert len(training_groups(video, 3, 6)) == 16  # not more than 6 x 3
+    starts = [group[0].frame_number for group in training_groups(video, 3, 5)]  # more than 5 x 3
+    assert starts == [0, 12, 24, 33, 45]  # positions round(linspace(0, 15, 5)) = 0, 4 (3.75), 8 (7.5), 11, 15
 
 
 def test_one_frame_video_gives_the_frame_repeated():
@@ -161,9 +154,9 @@ def make_dataset():
 
 def test_sampler_gives_one_flip_and_one_size_per_group_and_is_seeded():
     sampler = TrainingGroupSampler(make_dataset(), 3, False, 2, short_sides=(400, 600), seed=1)
-    assert len(sampler) == 5  # 2 + 2 + 1
+    assert len(sampler) == 7  # 4 + 2 + 1 groups of 3 (12, 8 and 1 frames): at most 2 x 3 per video, all kept
     samples = sampler.epoch(0)
-    assert len(samples) == 5
+    assert len(samples) == 7
     for sample in samples:
         assert isinstance(sample.flip, bool)  # a single decision for every frame of the group
         assert sample.short_side in (400, 600)

@@ -5,6 +5,7 @@ import torch
 
 from sltnet.config import load_config
 from sltnet.data.batching import FrameGroup, TrainingGroup
+from sltnet.data.transforms import ImagePreprocessor
 from sltnet.modeling.build import build_model
 from sltnet.modeling.streaming import StreamingDetector
 
@@ -128,6 +129,22 @@ def test_same_video_twice_gives_the_same_results(sequential):
     second = stream(detector, video(5))
     for (a, _), (b, _) in zip(first, second):
         torch.testing.assert_close(a.boxes, b.boxes)
+
+
+def test_detections_whose_box_is_empty_in_the_frame_are_dropped():
+    """As detectron2's postprocessing: after scaling back and clipping to the frame, a box of zero
+    width or height is no detection."""
+    model = build_model(load_config("configs/synthetic/tiny_baseline.yaml"))
+    detections = {
+        "boxes": torch.tensor([[10.0, 10.0, 50.0, 40.0], [130.0, 5.0, 140.0, 20.0], [5.0, 7.0, 9.0, 7.0]]),
+        "scores": torch.tensor([0.9, 0.8, 0.7]),
+        "classes": torch.tensor([1, 2, 3]),
+    }
+    model.forward = lambda images, image_sizes: [detections]
+    (result,) = StreamingDetector(model, ImagePreprocessor(128, 128, [0, 0, 0], [1, 1, 1])).push(video(1)[0])
+    # 96x128 frames need no resize: box 1 lies right of the frame, box 2 has no height.
+    torch.testing.assert_close(result.boxes, detections["boxes"][:1])
+    assert result.scores.tolist() == [pytest.approx(0.9)] and result.classes.tolist() == [1]
 
 
 def training_group(frames: torch.Tensor, reference: int, preprocessor) -> FrameGroup:

@@ -182,6 +182,28 @@ def test_stage2_trains_the_st_head_and_leaves_the_rest_bit_identical(stage1, tmp
     assert set(records[0]) == {"iteration", "loss_st_cls", "total_loss", "lr", "seconds_per_iter"}
 
 
+def test_stage2_with_an_unfrozen_rpn_trains_it_with_its_losses(stage1, tmp_path):
+    """MODEL.SPATIOTEMPORAL.FREEZE_PROPOSAL_GENERATOR false: the RPN learns from its own losses next
+    to the ST head; the still frozen backbone and spatial head stay bit-identical."""
+    stage1_dir, _ = stage1
+    overrides = [*TINY, "MODEL.WEIGHTS", str(stage1_dir / "model_final.pt"), "SOLVER.MAX_ITER", "2"]
+    overrides += ["MODEL.SPATIOTEMPORAL.FREEZE_PROPOSAL_GENERATOR", "false", "OUTPUT_DIR", str(tmp_path)]
+    train(load_config(SLTNET, overrides), DatasetCatalog(), log_period=1, run_evaluation=False, progress=False)
+    baseline = torch.load(stage1_dir / "model_final.pt", weights_only=False)["model"]
+    final = torch.load(tmp_path / "model_final.pt", weights_only=False)["model"]
+    changed = {key.split(".")[0] for key, value in baseline.items() if not torch.equal(final[key], value)}
+    assert changed == {"rpn"}
+    assert set(read_metrics(tmp_path)[0]) == {
+        "iteration",
+        "loss_st_cls",
+        "loss_rpn_cls",
+        "loss_rpn_loc",
+        "total_loss",
+        "lr",
+        "seconds_per_iter",
+    }
+
+
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(data_root, tmp_path):
     """Kill after the checkpoint at 3 of 6 iterations, resume; the schedule steps after the kill
     and the data wrap into a new epoch (4 groups per epoch) across it. The checkpoint falls inside

@@ -96,6 +96,9 @@ _C.MODEL.SPATIOTEMPORAL = CN()
 _C.MODEL.SPATIOTEMPORAL.NUM_FRAMES = 3
 _C.MODEL.SPATIOTEMPORAL.FORWARD_AGGREGATION = False
 _C.MODEL.SPATIOTEMPORAL.TEMPORAL_DROPOUT = False
+# With TEMPORAL_DROPOUT, drop the support groups' frames the same way (the original's); False keeps
+# their whole window, as the keyframe memory entries of test time have.
+_C.MODEL.SPATIOTEMPORAL.SUPPORT_TEMPORAL_DROPOUT = True
 _C.MODEL.SPATIOTEMPORAL.FREEZE_BACKBONE = True
 _C.MODEL.SPATIOTEMPORAL.FREEZE_PROPOSAL_GENERATOR = True
 _C.MODEL.SPATIOTEMPORAL.FREEZE_SPATIAL_HEAD = True
@@ -108,6 +111,12 @@ _C.MODEL.SPATIOTEMPORAL.AGGREGATION = "max"
 _C.MODEL.SPATIOTEMPORAL.DOUBLE_HEAD = True
 # Support groups per training sample that feed the long-term references.
 _C.MODEL.SPATIOTEMPORAL.TRAIN_SUPPORT_GROUPS = 2
+# Long-term references in training: "support" (the support groups only, the original's) or
+# "support_and_current" (also the sample's own first P RoIs, as the test-time references are).
+_C.MODEL.SPATIOTEMPORAL.TRAIN_REFERENCES = "support"
+# Stage 2 with FREEZE_SPATIAL_HEAD false: also train the spatial head's classifier (cross-entropy on
+# its logits). The original trains the spatial head with box regression only.
+_C.MODEL.SPATIOTEMPORAL.SPATIAL_CLS_LOSS = False
 
 _C.MODEL.SPATIOTEMPORAL.ROI_BOX_HEAD = CN()
 _C.MODEL.SPATIOTEMPORAL.ROI_BOX_HEAD.REF_POST_NMS_TOP_N = 75
@@ -141,8 +150,12 @@ _C.DATASETS.CATALOG = ""
 _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 2
 _C.DATALOADER.SIZE_DIVISIBILITY = 32
-# Groups of frames taken per video and per epoch (docs/method.md#two-stage-training).
+# Training groups per video (docs/method.md#frame-groups): a video keeps all its groups unless it
+# has more than TRAIN_GROUPS_PER_VIDEO x window size of them, else this many, evenly spread.
 _C.DATALOADER.TRAIN_GROUPS_PER_VIDEO = 10
+# Long-term support groups: drawn "once" for each group when training starts (the original's), or
+# afresh every epoch ("per_epoch").
+_C.DATALOADER.SUPPORT_DRAW = "once"
 
 # ---------------------------------------------------------------------------------------------
 # Solver (detectron2 names)

@@ -304,6 +304,8 @@ def _describe(value: Any) -> str:
 _CHOICES = {
     "MODEL.META_ARCHITECTURE": ("GeneralizedRCNN", "SLTnet"),
     "MODEL.SPATIOTEMPORAL.AGGREGATION": ("max", "adaptive"),
+    "MODEL.SPATIOTEMPORAL.TRAIN_REFERENCES": ("support", "support_and_current"),
+    "DATALOADER.SUPPORT_DRAW": ("once", "per_epoch"),
     "INPUT.FORMAT": ("BGR", "RGB"),
     "INPUT.MIN_SIZE_TRAIN_SAMPLING": ("choice", "range"),
     "INPUT.RANDOM_FLIP": ("horizontal", "none"),

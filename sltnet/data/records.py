@@ -1,7 +1,7 @@
 """In-memory form of an ST-COCO dataset (docs/data.md#st-coco): videos of frames with their annotations."""
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -20,6 +20,7 @@ class FrameRecord:
         classes: [n] int64 contiguous class indices 0..K-1.
         track_ids: [n] int64 track id of each box within its video.
         annotation_ids: [n] int64 COCO annotation ids.
+        crowd: [n] bool, the COCO ``iscrowd`` flag (empty: no crowd annotation in the frame).
     """
 
     image_id: int
@@ -32,6 +33,22 @@ class FrameRecord:
     classes: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     track_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     annotation_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    crowd: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
+
+    def without_crowd(self) -> "FrameRecord":
+        """The frame with its crowd annotations removed (training targets, docs/data.md#st-coco);
+        the frame itself when it has none."""
+        if not self.crowd.any():
+            return self
+        keep = ~self.crowd
+        return replace(
+            self,
+            boxes=self.boxes[keep],
+            classes=self.classes[keep],
+            track_ids=self.track_ids[keep],
+            annotation_ids=self.annotation_ids[keep],
+            crowd=self.crowd[keep],
+        )
 
 
 @dataclass

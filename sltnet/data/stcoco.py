@@ -222,6 +222,8 @@ def _validate_annotations(
         else:
             tracks_in_image.add((image_id, track))
         _check_box(ann["bbox"], image_sizes.get(image_id), label, problems)
+        if ann.get("iscrowd", 0) not in (0, 1):
+            problems.add(label, f"'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}")
 
 
 def _check_box(bbox: Any, image_size: tuple[int, int] | None, label: str, problems: _Problems) -> None:
@@ -299,7 +301,8 @@ def build_stcoco_dataset(data: dict[str, Any], json_path: str, image_root: str) 
 
     Category ids are sorted ascending and mapped to classes 0..K-1; boxes become (x1, y1, x2, y2)
     clipped to the image (they may overshoot by :data:`BOX_BORDER_TOLERANCE`). Annotations keep
-    their file order within a frame.
+    their file order within a frame; crowd annotations (``iscrowd`` 1) are kept and flagged
+    (``FrameRecord.crowd``), training leaves them out.
     """
     categories = sorted(data["categories"], key=lambda c: c["id"])
     category_ids = [c["id"] for c in categories]
@@ -319,6 +322,7 @@ def build_stcoco_dataset(data: dict[str, Any], json_path: str, image_root: str) 
     all_classes = np.fromiter((class_of_category[a["category_id"]] for a in annotations), np.int64, count)
     all_tracks = np.fromiter((a["id_track"] for a in annotations), np.int64, count)
     all_ids = np.fromiter((a["id"] for a in annotations), np.int64, count)
+    all_crowd = np.fromiter((a.get("iscrowd", 0) == 1 for a in annotations), bool, count)
     bounds = np.searchsorted(ann_image[order], np.arange(len(images) + 1))
 
     still_images = _is_still_image_set(images)
@@ -342,6 +346,7 @@ def build_stcoco_dataset(data: dict[str, Any], json_path: str, image_root: str) 
             classes=all_classes[rows],
             track_ids=all_tracks[rows],
             annotation_ids=all_ids[rows],
+            crowd=all_crowd[rows],
         )
         if not videos or videos[-1].name != video:
             videos.append(VideoRecord(name=video, frames=[]))

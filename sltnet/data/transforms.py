@@ -1,20 +1,23 @@
 """The one image path shared by training, evaluation, export and the runtime.
 
 decode (RGB uint8) → optional horizontal flip → resize so the short side is S and the long side at
-most M (detectron2's ResizeShortestEdge rule, bilinear, no antialiasing) → channel order of
-``INPUT.FORMAT`` → ``(x - PIXEL_MEAN) / PIXEL_STD`` → zero padding to a multiple of
-``SIZE_DIVISIBILITY`` when batching. Every operation exports to ONNX ops TensorRT accepts
-(Resize linear half_pixel, Gather, Sub, Div, Pad).
+most M (detectron2's ResizeShortestEdge rule, with PIL's bilinear filter as detectron2 resizes:
+antialiased when shrinking) → channel order of ``INPUT.FORMAT`` → ``(x - PIXEL_MEAN) / PIXEL_STD`` →
+zero padding to a multiple of ``SIZE_DIVISIBILITY`` when batching. Every operation exports to ONNX
+ops TensorRT accepts (MatMul with constant weights for the resize, Gather, Sub, Div, Pad).
 """
 
+import functools
 import os
 import re
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.io import ImageReadMode, decode_image
+from torchvision.ops import clip_boxes_to_image
 
 from sltnet.data.records import FrameRecord
 from sltnet.errors import SltnetError
@@ -54,6 +57,79 @@ def resized_shape(height: int, width: int, short_side: int, max_size: int) -> tu
     return int(new_h + 0.5), int(new_w + 0.5)
 
 
+@functools.lru_cache(maxsize=64)
+def pil_bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
+    """The [out_size, in_size] float64 matrix of PIL's bilinear resampling along one axis.
+
+    ``Image.resize(size, Image.BILINEAR)`` (what detectron2 resizes with) gives output pixel i the
+    triangle filter centred on input position c = (i + 0.5) · s, s = in_size / out_size, over the
+    input pixels j whose centres j + 0.5 lie within the support: w(j) = max(0, 1 - |j + 0.5 - c| / f)
+    with f = max(s, 1), taken over j from trunc(c - f + 0.5) to trunc(c + f + 0.5) - 1 within the
+    image, and normalised to sum 1. Shrinking widens the filter by s (antialiasing); enlarging is
+    plain bilinear interpolation with half-pixel centres and clamped edges. Read-only, cached per
+    (in_size, out_size).
+    """
+    scale = in_size / out_size
+    width = max(scale, 1.0)
+    centres = (np.arange(out_size) + 0.5) * scale
+    first = np.maximum(np.trunc(centres - width + 0.5), 0)
+    stop = np.minimum(np.trunc(centres + width + 0.5), in_size)
+    taps = np.arange(in_size)[None, :]
+    window = (taps >= first[:, None]) & (taps < stop[:, None])
+    weights = np.where(window, np.clip(1 - np.abs(taps + 0.5 - centres[:, None]) / width, 0, None), 0.0)
+    weights /= weights.sum(axis=1, keepdims=True)
+    weights.flags.writeable = False
+    return weights
+
+
+def resize_with_matrices(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """PIL's bilinear resize as two constant matrix products (what the exported graph computes).
+
+    ``W_h @ images @ W_w.T`` with the weights of :func:`pil_bilinear_weights`; an axis that keeps
+    its size is left alone. PIL rounds to uint8 after each of its two passes (width first); this
+    result is not rounded, so it is within one grey level of PIL's (each rounding moves a value by
+    at most half a level, and the filter's weights are non-negative and sum to 1). Without that
+    rounding the passes commute: the cheaper order runs.
+
+    Args:
+        images: float [..., H, W].
+        size: (h, w) of the output.
+    Returns:
+        [..., h, w], in the dtype of ``images``.
+    """
+    height, width = int(images.shape[-2]), int(images.shape[-1])
+    new_height, new_width = size
+
+    def resize_height(x: Tensor) -> Tensor:
+        return x if height == new_height else _weights_tensor(height, new_height, x) @ x
+
+    def resize_width(x: Tensor) -> Tensor:
+        return x if width == new_width else x @ _weights_tensor(width, new_width, x).T
+
+    # Multiply-adds per channel: height first h·W·(H + w), width first H·w·(W + h).
+    if new_height * width * (height + new_width) < height * new_width * (width + new_height):
+        return resize_width(resize_height(images))
+    return resize_height(resize_width(images))
+
+
+def _weights_tensor(in_size: int, out_size: int, like: Tensor) -> Tensor:
+    return torch.from_numpy(pil_bilinear_weights(in_size, out_size).copy()).to(like.device, like.dtype)
+
+
+def resize_bilinear(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """PIL's bilinear resize of float [B, C, H, W] images (:func:`pil_bilinear_weights`).
+
+    In PyTorch this is ``F.interpolate(..., antialias=True)``, whose antialiased bilinear filter is
+    PIL's and which runs several times faster than dense matrix products on a CPU. ONNX's Resize
+    with antialiasing is not one TensorRT runs, so while exporting the same resize becomes
+    :func:`resize_with_matrices`. The two differ only by float32 rounding of the filter positions
+    (``F.interpolate`` computes them in float32): a few hundredths of a grey level on real-size frames.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return resize_with_matrices(images, size)
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
 def check_input_format(input_format: str) -> None:
     if input_format not in INPUT_FORMATS:
         raise SltnetError(f"INPUT.FORMAT: expected 'BGR' or 'RGB', got {input_format!r}")
@@ -79,7 +155,7 @@ def preprocess(
     size = resized_shape(height, width, short_side, max_size)
     x = x.float()
     if size != (height, width):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+        x = resize_bilinear(x, size)
     if input_format == "BGR":
         x = x[:, [2, 1, 0]]
     x = (x - pixel_mean.view(1, 3, 1, 1)) / pixel_std.view(1, 3, 1, 1)
@@ -103,6 +179,20 @@ def scale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, i
     scale_y = to_size[0] / from_size[0]
     scale_x = to_size[1] / from_size[1]
     return boxes * boxes.new_tensor([scale_x, scale_y, scale_x, scale_y])
+
+
+def boxes_to_frame(boxes: Tensor, resized_size: tuple[int, int], frame_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Detection boxes from the resized image back to the frame, as detectron2's postprocessing:
+    scaled, clipped to the frame, and which of them are not empty.
+
+    Args:
+        boxes: [n, 4] (x1, y1, x2, y2) in the pixels of the resized image, (h, w) ``resized_size``.
+        frame_size: (h, w) of the frame.
+    Returns:
+        the boxes [n, 4] in frame pixels, and [n] bool: width and height above 0 (the detections to keep).
+    """
+    boxes = clip_boxes_to_image(scale_boxes(boxes, resized_size, frame_size), frame_size)
+    return boxes, (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
 def hflip_image(image: Tensor) -> Tensor:

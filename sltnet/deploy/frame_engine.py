@@ -1,16 +1,22 @@
 """The frame engine (docs/deployment.md#frame-engine): runs once per frame.
 
-Input ``image``: uint8 [1, 3, H_in, W_in] RGB at the export's fixed input size. Inside, exactly the
-PyTorch path of :class:`~sltnet.modeling.streaming.StreamingDetector`: :class:`ImagePreprocessor`
-(shortest-edge resize to ``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``, bilinear without
-antialiasing; channel order of ``INPUT.FORMAT``; ``(x - PIXEL_MEAN) / PIXEL_STD``; zero padding to
-``SIZE_DIVISIBILITY``), then the backbone and the RPN.
+Input ``image``: uint8 [B, 3, H_in, W_in] RGB at the export's fixed input size, B frames per run
+(``sltnet-export --batch B``, default 1). Inside, exactly the PyTorch path of
+:class:`~sltnet.modeling.streaming.StreamingDetector`: :class:`ImagePreprocessor` (shortest-edge
+resize to ``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST`` with PIL's bilinear filter, antialiased when
+shrinking, as two constant matrix products; channel order of ``INPUT.FORMAT``;
+``(x - PIXEL_MEAN) / PIXEL_STD``; zero padding to ``SIZE_DIVISIBILITY``), then the backbone and the RPN.
 
-Outputs: ``features`` [1, C, H_m, W_m], the box head's FPN levels (P2 .. P5) side by side in one
-:class:`~sltnet.deploy.static_ops.LevelMosaic`, so the temporal engine pools every box from its level with
-one RoIAlign; ``objectness_logits`` [A] and ``boxes`` [A, 4] (decoded, unclipped, in the pixels of
-the resized frame before padding; the runtime scales detections back to the input size).
+Outputs, per frame: ``features`` [1, C, H_m, W_m], the box head's FPN levels (P2 .. P5) side by side
+in one :class:`~sltnet.deploy.static_ops.LevelMosaic`, so the temporal engine pools every box from its
+level with one RoIAlign; ``objectness_logits`` [A] and ``boxes`` [A, 4] (decoded, unclipped, in the
+pixels of the resized frame before padding; the runtime scales detections back to the input size).
+With B > 1 each output gains a leading batch dimension ([B, 1, C, H_m, W_m], [B, A], [B, A, 4]):
+row b is frame b's output in the per-frame shape the temporal engine takes. B = 1 keeps the
+per-frame shapes, so a one-frame export's graph is the same as before batching existed.
 """
+
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -55,6 +61,15 @@ class FrameEngine(nn.Module):
         )
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """uint8 [1, 3, H_in, W_in] RGB → (features [1, C, H_m, W_m], logits [A], boxes [A, 4])."""
+        """uint8 [B, 3, H_in, W_in] RGB → (features, logits, boxes): [1, C, H_m, W_m], [A], [A, 4] for
+        B = 1, else [B, 1, C, H_m, W_m], [B, A], [B, A, 4]."""
         levels, rpn_outputs = self._run(image)
-        return build_mosaic(levels), rpn_outputs.objectness_logits[0], rpn_outputs.boxes[0]
+        mosaic, logits, boxes = build_mosaic(levels), rpn_outputs.objectness_logits, rpn_outputs.boxes
+        if len(image) == 1:
+            return mosaic, logits[0], boxes[0]
+        return mosaic[:, None], logits, boxes
+
+
+def frame_row(outputs: Sequence[Tensor], batch: int, row: int) -> list[Tensor]:
+    """Frame ``row``'s outputs in the per-frame shapes, from the outputs of a run on ``batch`` frames."""
+    return list(outputs) if batch == 1 else [output[row] for output in outputs]

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from sltnet.contract import Manifest, Preprocessing
 from sltnet.data.transforms import ImagePreprocessor
-from sltnet.deploy.frame_engine import FrameEngine
+from sltnet.deploy.frame_engine import FrameEngine, frame_row
 from sltnet.deploy.temporal_engine import TemporalEngine
 from sltnet.modeling.baseline import FasterRCNN
 from sltnet.modeling.sltnet import SLTnet
@@ -22,6 +22,7 @@ class EngineModules(NamedTuple):
         input_size: (height, width) of the frame engine's image.
         resized_size: (height, width) of the frame after the resize, before padding.
         frame_inputs, temporal_inputs: example inputs, in the engines' input order.
+        batch: frames per frame-engine run.
     """
 
     frame: FrameEngine
@@ -30,6 +31,7 @@ class EngineModules(NamedTuple):
     resized_size: tuple[int, int]
     frame_inputs: list[Tensor]
     temporal_inputs: list[Tensor]
+    batch: int
 
 
 def _example_memory(temporal: TemporalEngine, like: Tensor) -> list[Tensor]:
@@ -52,6 +54,7 @@ def build_engine_modules(
     preprocessor: ImagePreprocessor,
     input_size: tuple[int, int],
     num_keyframes: int,
+    batch: int = 1,
 ) -> EngineModules:
     """Split ``model`` (switched to inference mode) into its frame and temporal engines.
 
@@ -59,12 +62,13 @@ def build_engine_modules(
         preprocessor: the test-time image path the frame engine contains.
         input_size: (height, width) of the frames the engines will take.
         num_keyframes: K, memory slots of the temporal engine (SLTnet with long-term attention).
+        batch: frames per frame-engine run (the temporal engine takes one frame's outputs per slot).
     """
     frame = FrameEngine(model, preprocessor).eval()
     generator = torch.Generator().manual_seed(0)
-    image = torch.randint(0, 256, (1, 3, *input_size), dtype=torch.uint8, generator=generator)
+    image = torch.randint(0, 256, (batch, 3, *input_size), dtype=torch.uint8, generator=generator)
     with torch.no_grad():
-        frame_outputs = frame(image)
+        frame_outputs = frame_row(frame(image), batch, 0)
         anchors_per_level, mosaic = frame.layout(image)
     resized_size = frame.resized_size(input_size)
     temporal = TemporalEngine(model, anchors_per_level, mosaic, resized_size, num_keyframes)
@@ -73,7 +77,8 @@ def build_engine_modules(
         by_name[output] for slot in range(temporal.window.size) for output in temporal.slot_outputs(slot)
     ]
     temporal_inputs += _example_memory(temporal, frame_outputs[-1])
-    return EngineModules(frame, temporal, (input_size[0], input_size[1]), resized_size, [image], temporal_inputs)
+    size = (input_size[0], input_size[1])
+    return EngineModules(frame, temporal, size, resized_size, [image], temporal_inputs, batch)
 
 
 def preprocessor_of(preprocessing: Preprocessing) -> ImagePreprocessor:
@@ -101,10 +106,11 @@ def configure_as_exported(model: SLTnet | FasterRCNN, manifest: Manifest) -> Non
 
 
 def engine_modules_of(model: SLTnet | FasterRCNN, manifest: Manifest) -> EngineModules:
-    """The engines of ``model`` as the manifest describes them, at the manifest's input size."""
+    """The engines of ``model`` as the manifest describes them, at the manifest's input size and batch."""
     configure_as_exported(model, manifest)
     preprocessor = preprocessor_of(manifest.input.preprocessing_in_frame_engine)
-    return build_engine_modules(model, preprocessor, manifest.input.size, manifest.memory.num_keyframes)
+    size, batch = manifest.input.size, manifest.input.batch
+    return build_engine_modules(model, preprocessor, size, manifest.memory.num_keyframes, batch)
 
 
 def streaming_detector_of(model: SLTnet | FasterRCNN, manifest: Manifest) -> StreamingDetector:

@@ -1,9 +1,10 @@
 """The training loop (docs/method.md#two-stage-training).
 
 Stage 1 trains the single-frame baseline on single frames; stage 2 trains SLTnet's spatio-temporal
-head on groups of N (or 2N + 1) frames with long-term support groups, the rest of the network
-frozen by the model builder. Both stages run the same loop: SGD with warm-up and step decay,
-optional mixed precision on CUDA, DistributedDataParallel under ``torchrun``.
+head on groups of N (or 2N + 1) frames with long-term support groups, the parts that
+``MODEL.SPATIOTEMPORAL.FREEZE_*`` name frozen by the model builder. Both stages run the same
+loop: SGD with warm-up and step decay, optional mixed precision on CUDA, DistributedDataParallel
+under ``torchrun``.
 
 A run writes into ``OUTPUT_DIR`` (rank 0 only, every file atomically):
 

@@ -19,7 +19,9 @@ _TEMPORAL_PREFIXES = ("st_box_head.", "st_cls_predictor.")
 
 
 def build_sltnet(cfg: CfgNode) -> SLTnet:
-    """SLTnet from the config, with the parts frozen that ``MODEL.SPATIOTEMPORAL.FREEZE_*`` name."""
+    """SLTnet from the config, with the parts frozen that ``MODEL.SPATIOTEMPORAL.FREEZE_*`` name
+    (``requires_grad`` False); an unfrozen part trains with its own losses in stage 2
+    (:meth:`SLTnet.training_losses`)."""
     detector = build_faster_rcnn(cfg)
     st = cfg.MODEL.SPATIOTEMPORAL
     model = SLTnet(
@@ -34,6 +36,8 @@ def build_sltnet(cfg: CfgNode) -> SLTnet:
         window=Window.of_config(st),
         double_head=st.DOUBLE_HEAD,
         num_ref_rois=st.ROI_BOX_HEAD.REF_POST_NMS_TOP_N,
+        train_current_references=st.TRAIN_REFERENCES == "support_and_current",
+        spatial_cls_loss=st.SPATIAL_CLS_LOSS,
     )
     frozen = [
         (st.FREEZE_BACKBONE, model.backbone),

@@ -24,8 +24,8 @@ from sltnet.data.batching import FrameGroup, TrainingGroup
 from sltnet.modeling.aggregation import TubeletAggregation, pool_tubelets
 from sltnet.modeling.backbone import FPNBackbone
 from sltnet.modeling.baseline import FasterRCNN
-from sltnet.modeling.box_head import Detections, RoIHeads, postprocess_detections, sample_rois
-from sltnet.modeling.rpn import RegionProposalNetwork
+from sltnet.modeling.box_head import Detections, RoIHeads, box_head_losses, postprocess_detections, sample_rois
+from sltnet.modeling.rpn import RegionProposalNetwork, RPNOutputs
 from sltnet.modeling.st_head import STAttentionBoxHead, STClassifier, fuse_double_head_probs
 from sltnet.modeling.tubelets import Tubelets, link_tubelets
 
@@ -71,6 +71,10 @@ class SLTnet(FasterRCNN):
         double_head: fuse spatial and ST probabilities (docs/method.md#double-head-and-inference);
             else the ST head alone scores.
         num_ref_rois: P, tubelets per support group and per memory entry.
+        train_current_references: in training, append the sample's own first P rows to the
+            support groups' references (``TRAIN_REFERENCES`` "support_and_current"); else the
+            support groups alone are the references, as in the original.
+        spatial_cls_loss: in training, add the spatial head's cross-entropy when that head trains.
     """
 
     is_temporal = True
@@ -88,6 +92,8 @@ class SLTnet(FasterRCNN):
         window: Window,
         double_head: bool,
         num_ref_rois: int,
+        train_current_references: bool = False,
+        spatial_cls_loss: bool = False,
     ) -> None:
         super().__init__(backbone, rpn, roi_heads, rpn_in_features, roi_in_features)
         self.st_box_head = st_box_head
@@ -96,6 +102,8 @@ class SLTnet(FasterRCNN):
         self.window = window
         self.double_head = double_head
         self.num_ref_rois = num_ref_rois
+        self.train_current_references = train_current_references
+        self.spatial_cls_loss = spatial_cls_loss
 
     @property
     def long_term(self) -> bool:
@@ -104,31 +112,16 @@ class SLTnet(FasterRCNN):
     # ------------------------------------------------------------------------------------------
     # Per frame (frame engine)
     # ------------------------------------------------------------------------------------------
-    def _window_outputs(self, images: Tensor) -> tuple[list[Tensor], Tensor, Tensor, list[int]]:
-        """Backbone + RPN of a stack of frames.
-
-        Args:
-            images: [N, 3, H, W] preprocessed, padded frames.
-        Returns:
-            box-head features (one [N, C, H_l, W_l] per level), boxes [N, A, 4], logits [N, A],
-            anchors per level.
-        """
-        roi_features, rpn_outputs = self.level_outputs(images)
-        return (
-            roi_features,
-            rpn_outputs.boxes,
-            rpn_outputs.objectness_logits,
-            rpn_outputs.num_anchors_per_level,
-        )
-
     def frame_outputs(self, image: Tensor) -> FrameOutputs:
         """Run backbone + RPN once on one frame.
 
         Args:
             image: [1, 3, H, W] preprocessed, padded frame.
         """
-        features, boxes, logits, anchors_per_level = self._window_outputs(image)
-        return FrameOutputs(features, logits[0], boxes[0], anchors_per_level)
+        features, rpn_outputs = self.level_outputs(image)
+        return FrameOutputs(
+            features, rpn_outputs.objectness_logits[0], rpn_outputs.boxes[0], rpn_outputs.num_anchors_per_level
+        )
 
     # ------------------------------------------------------------------------------------------
     # Per reference frame (temporal engine)
@@ -255,59 +248,95 @@ class SLTnet(FasterRCNN):
     # ------------------------------------------------------------------------------------------
     # Training (stage 2, docs/method.md#two-stage-training)
     # ------------------------------------------------------------------------------------------
-    def _frozen_window(self, group: FrameGroup) -> tuple[list[Tensor], Tubelets]:
-        """Features and tubelet proposals of a group from the frozen backbone and RPN."""
-        with torch.no_grad():
-            features, boxes, logits, anchors_per_level = self._window_outputs(group.images)
-            tubelets = self.link(boxes, logits, anchors_per_level, group.reference, group.image_size)
-        return features, tubelets
+    def _window_tubelets(self, group: FrameGroup) -> tuple[list[Tensor], RPNOutputs, Tubelets]:
+        """Backbone + RPN of a group and its tubelet proposals (fixed inputs of the heads: no gradient
+        flows through the boxes or the ranking)."""
+        features, rpn_outputs = self.level_outputs(group.images)
+        tubelets = self.link(
+            rpn_outputs.boxes,
+            rpn_outputs.objectness_logits.detach(),
+            rpn_outputs.num_anchors_per_level,
+            group.reference,
+            group.image_size,
+        )
+        return features, rpn_outputs, tubelets
 
     def _support_references(self, support: Sequence[FrameGroup], like: Tensor) -> tuple[Tensor, Tensor]:
         """Long-term references from support groups: per group, the reference frame's first
-        (P - #GT) tubelets plus its ground-truth tubelets, aggregated, through ReLU(fc_0). ``like``
-        gives the device and dtype of the empty result when there is no support group."""
+        (P - #GT) tubelets plus its ground-truth tubelets, aggregated, through ReLU(fc_0). Only fc_0
+        learns from them: backbone, RPN and pooling run without gradients, as in the original.
+        ``like`` gives the device and dtype of the empty result when there is no support group."""
         assert isinstance(self.st_box_head, STAttentionBoxHead), "support references need long-term attention"
         ref_features, ref_boxes = [], []
         for group in support:
-            features, tubelets = self._frozen_window(group)
-            num_proposals = max(self.num_ref_rois - group.boxes.shape[1], 0)
-            tubes = torch.cat([tubelets.boxes[:, :num_proposals], group.boxes], dim=1)
-            _, aggregated = self._tubelet_features(features, tubes, group.reference)
+            with torch.no_grad():
+                features, _, tubelets = self._window_tubelets(group)
+                num_proposals = max(self.num_ref_rois - group.boxes.shape[1], 0)
+                tubes = torch.cat([tubelets.boxes[:, :num_proposals], group.boxes], dim=1)
+                _, aggregated = self._tubelet_features(features, tubes, group.reference)
             ref_features.append(self.st_box_head.embed(aggregated))
             ref_boxes.append(tubes[group.reference])
         if not ref_features:
             return like.new_zeros((0, self.st_cls_predictor.cls_score.in_features)), like.new_zeros((0, 4))
         return torch.cat(ref_features), torch.cat(ref_boxes)
 
-    def training_losses(self, groups: Sequence[TrainingGroup]) -> dict[str, Tensor]:
-        """Stage-2 loss: cross-entropy of the ST classifier on RoIs sampled on the reference frame
-        and applied to every frame, so sampled RoIs stay tubelets (docs/method.md#two-stage-training). Box regression
-        stays the frozen spatial head's.
+    def _trains(self, *modules: nn.Module) -> bool:
+        """Whether any parameter of ``modules`` is trainable (not frozen by ``FREEZE_*``)."""
+        return any(param.requires_grad for module in modules for param in module.parameters())
 
-        Returns:
-            ``loss_st_cls``, the mean over groups.
+    def training_losses(self, groups: Sequence[TrainingGroup]) -> dict[str, Tensor]:
+        """Stage-2 losses (docs/method.md#two-stage-training), each the mean over groups.
+
+        RoIs are sampled on the reference frame and the same indices applied to every frame, so
+        sampled RoIs stay tubelets. Always ``loss_st_cls``, the cross-entropy of the ST classifier.
+        A loss that can reach an unfrozen part is added next to it: ``loss_rpn_cls`` and
+        ``loss_rpn_loc`` (over every frame of the group) when the RPN or the backbone trains,
+        ``loss_box_reg`` on the spatial head's deltas (and with ``spatial_cls_loss`` ``loss_cls`` on
+        its logits) when the spatial head or the backbone trains. A frozen part gets no gradient.
         """
-        losses = []
-        for group in groups:
-            features, tubelets = self._frozen_window(group)
-            reference = group.reference
-            samples = sample_rois(
-                tubelets.boxes[reference],
-                group.boxes[reference],
-                group.classes,
-                self.roi_heads.matcher,
-                self.roi_heads.sampler,
-                self.roi_heads.num_classes,
-                append_gt=True,
+        per_group = [self._group_losses(group) for group in groups]
+        return {name: torch.stack([losses[name] for losses in per_group]).mean() for name in per_group[0]}
+
+    def _group_losses(self, group: TrainingGroup) -> dict[str, Tensor]:
+        frame_parts_train = self._trains(self.backbone, self.rpn)
+        with torch.set_grad_enabled(frame_parts_train):
+            features, rpn_outputs, tubelets = self._window_tubelets(group)
+        losses = {}
+        if frame_parts_train:
+            losses.update(self.rpn.losses(rpn_outputs, list(group.boxes)))
+        reference = group.reference
+        samples = sample_rois(
+            tubelets.boxes[reference],
+            group.boxes[reference],
+            group.classes,
+            self.roi_heads.matcher,
+            self.roi_heads.sampler,
+            self.roi_heads.num_classes,
+            append_gt=True,
+        )
+        # Ground-truth tubelets are appended after the proposals, matching sample_rois' indices.
+        tubes = torch.cat([tubelets.boxes, group.boxes], dim=1)[:, samples.indices]
+        reference_rois, aggregated = self._tubelet_features(features, tubes, reference)
+        if self.long_term:
+            ref_features, ref_boxes = self._support_references(group.support, aggregated)
+            st_features, _ = self.st_box_head(
+                aggregated, tubes[reference], ref_features, ref_boxes, append_current=self.train_current_references
             )
-            # Ground-truth tubelets are appended after the proposals, matching sample_rois' indices.
-            tubes = torch.cat([tubelets.boxes, group.boxes], dim=1)[:, samples.indices]
-            _, aggregated = self._tubelet_features(features, tubes, reference)
-            if self.long_term:
-                ref_features, ref_boxes = self._support_references(group.support, aggregated)
-                st_features, _ = self.st_box_head(aggregated, tubes[reference], ref_features, ref_boxes)
-            else:
-                st_features = self.st_box_head(aggregated)
-            logits = self.st_cls_predictor(st_features)
-            losses.append(F.cross_entropy(logits, samples.classes))
-        return {"loss_st_cls": torch.stack(losses).mean()}
+        else:
+            st_features = self.st_box_head(aggregated)
+        losses["loss_st_cls"] = F.cross_entropy(self.st_cls_predictor(st_features), samples.classes)
+        if self._trains(self.roi_heads, self.backbone):
+            spatial_logits, box_deltas = self.roi_heads.box_predictor(self.roi_heads.box_head(reference_rois))
+            spatial = box_head_losses(
+                spatial_logits,
+                box_deltas,
+                samples.boxes,
+                samples.classes,
+                samples.gt_boxes,
+                self.roi_heads.box_coder,
+                self.roi_heads.smooth_l1_beta,
+            )
+            losses["loss_box_reg"] = spatial["loss_box_reg"]
+            if self.spatial_cls_loss:
+                losses["loss_cls"] = spatial["loss_cls"]
+        return losses

@@ -70,7 +70,8 @@ class STAttentionBoxHead(nn.Module):
 
     x = flatten(features); for each stage s: x = ReLU(fcs[s](x)); x = x + Attn_s(x, refs, geometry).
     The references are fixed for all stages: the given ones (keyframe memory, or support groups in
-    training) followed by the current frame's first P rows of ReLU(fcs[0](x)).
+    training) followed, unless ``append_current`` is False, by the current frame's first P rows of
+    ReLU(fcs[0](x)).
 
     Args:
         input_size: C * S * S of the aggregated RoI features.
@@ -122,6 +123,7 @@ class STAttentionBoxHead(nn.Module):
         ref_boxes: Tensor,
         ref_valid: Tensor | None = None,
         valid: Tensor | None = None,
+        append_current: bool = True,
     ) -> tuple[Tensor, Tensor]:
         """Attend from the current tubelets to the references.
 
@@ -134,18 +136,24 @@ class STAttentionBoxHead(nn.Module):
             ref_valid: optional [M'] bool mask, False for padding rows of a fixed-size memory.
             valid: optional [R] bool mask (with ``ref_valid``), False for padding rows of a
                 fixed-size set of tubelets; those rows are no references.
+            append_current: append the memory entry to the references (test time; M = M' +
+                min(R, P)); False attends to the given references alone (training as the original
+                does, docs/method.md#long-term-references-in-training), which must not be empty.
         Returns:
             features [R, d], and the memory entry [min(R, P), d]: the current frame's first P rows of
-            ReLU(fcs[0](x)), which are also appended to the references (so M = M' + min(R, P)).
+            ReLU(fcs[0](x)).
         """
         x = self.embed(x)
         entry = x[: self.num_ref_rois]
-        refs = torch.cat((ref_features, entry))
-        all_ref_boxes = torch.cat((ref_boxes, boxes[: self.num_ref_rois]))
-        key_mask = None
-        if ref_valid is not None:
-            entry_valid = ref_valid.new_ones(len(entry)) if valid is None else valid[: self.num_ref_rois]
-            key_mask = torch.cat((ref_valid, entry_valid))
+        refs, all_ref_boxes, key_mask = ref_features, ref_boxes, ref_valid
+        if append_current:
+            refs = torch.cat((ref_features, entry))
+            all_ref_boxes = torch.cat((ref_boxes, boxes[: self.num_ref_rois]))
+            if ref_valid is not None:
+                entry_valid = ref_valid.new_ones(len(entry)) if valid is None else valid[: self.num_ref_rois]
+                key_mask = torch.cat((ref_valid, entry_valid))
+        elif not len(refs):
+            raise ValueError("attention without the current rows needs at least one reference")
 
         num_stages = len(self.fcs)
         geometric_weights = None

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from sltnet.contract import FrameResult
-from sltnet.data.transforms import ImagePreprocessor, scale_boxes
+from sltnet.data.transforms import ImagePreprocessor, boxes_to_frame
 from sltnet.modeling.baseline import FasterRCNN
 from sltnet.modeling.memory import LongTermMemory
 from sltnet.modeling.sltnet import FrameOutputs, SLTnet
@@ -129,6 +129,7 @@ class StreamingDetector:
         return self._result(reference, detections.boxes, detections.scores, detections.classes)
 
     def _result(self, frame_index: int, boxes: Tensor, scores: Tensor, classes: Tensor) -> FrameResult:
+        """A frame's detections in its own pixels; those whose box is empty there are dropped."""
         original_size, resized_size = self._sizes
-        boxes = scale_boxes(boxes, resized_size, original_size)
-        return FrameResult(frame_index, boxes.float().cpu(), scores.float().cpu(), classes.cpu())
+        boxes, keep = boxes_to_frame(boxes, resized_size, original_size)
+        return FrameResult(frame_index, boxes[keep].float().cpu(), scores[keep].float().cpu(), classes[keep].cpu())
