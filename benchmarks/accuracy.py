@@ -83,6 +83,8 @@ ENGINES = [
     "output/engines/small_sltnet_sequential",
     "output/engines/small_sltnet_symmetric",
 ]
+#: The largest mAP@0.5 loss against fp32 (points) of each precision's engines (the precision issue).
+MAX_MAP_LOSS = {"fp16": 0.3, "int8": 1.0}
 MODE_NAMES = {
     "single_frame": "baseline (single frame)",
     "sequential": "SLTnet sequential",
@@ -144,14 +146,43 @@ def score_row(row: Row, dataset: StCocoDataset) -> dict:
 def score_engine(engine: str, backend_name: str, dataset: StCocoDataset, threads: int | None) -> dict:
     """An engine row: the export folder ``engine`` on one backend (skipped when it cannot run here)."""
     manifest = Manifest.load(engine)
-    name = f"{MODE_NAMES[manifest.mode]}, {backend_name}"
+    precision = manifest.precision.precision
+    name = f"{MODE_NAMES[manifest.mode]}, {precision}, {backend_name}"
+    identity = {"backend": backend_name, "engine": engine, "mode": manifest.mode, "precision": precision}
     try:
         device = None if backend_name == "tensorrt" else "cpu"
         backend = open_backend(backend_name, engine, manifest, device=device, num_threads=threads)
     except SltnetError as err:
-        return {"name": name, "backend": backend_name, "engine": engine, "skipped": str(err)}
+        return {"name": name, **identity, "skipped": str(err)}
     scores = score_streamer(name, StreamingRuntime(manifest, backend), dataset)
-    return {**scores, "backend": backend.description, "engine": engine}
+    return {**scores, **identity, "backend": backend.description, "backend_name": backend_name}
+
+
+def precision_checks(rows: Sequence[dict]) -> list[str]:
+    """PASS/FAIL lines: each fp16 and int8 engine row's mAP@0.5 within its limit of the fp32 row of
+    the same mode and backend, and SLTnet above the baseline at each precision and backend."""
+    engines = [row for row in rows if "precision" in row and "skipped" not in row]
+
+    def find(**match) -> dict | None:
+        return next((row for row in engines if all(row[key] == value for key, value in match.items())), None)
+
+    lines = []
+    for row in engines:
+        limit = MAX_MAP_LOSS.get(row["precision"])
+        fp32 = find(mode=row["mode"], backend_name=row["backend_name"], precision="fp32")
+        if limit is None or fp32 is None:
+            continue
+        loss = 100 * (fp32["mAP50"] - row["mAP50"])
+        status = "PASS" if loss <= limit else "FAIL"
+        lines.append(f"{status} {row['name']}: mAP@0.5 {loss:+.2f} points below fp32 (limit {limit})")
+    for row in engines:
+        baseline = find(mode="single_frame", backend_name=row["backend_name"], precision=row["precision"])
+        if row["mode"] == "single_frame" or baseline is None:
+            continue
+        gain = 100 * (row["mAP50"] - baseline["mAP50"])
+        status = "PASS" if gain > 0 else "FAIL"
+        lines.append(f"{status} {row['name']}: temporal gain over the baseline {gain:+.2f} points")
+    return lines
 
 
 def _percent(value: float | None) -> str:
@@ -205,6 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"== {engine} on {backend}", flush=True)
             rows.append(score_engine(engine, backend, dataset, args.threads))
     table = markdown_table(rows, args.dataset)
+    checks = precision_checks(rows)
+    if checks:
+        table += "\n\n" + "\n".join(f"- {line}" for line in checks)
     print(table)
     if args.json:
         report = {
