@@ -301,7 +301,8 @@ def run_row(target: Target, backend_name: str, video: str, args) -> dict:
         "engine_dir": target.engine_dir,
         "mode": target.mode,
         "num_frames": target.num_frames,
-        "precision": target.precision,
+        # Eager PyTorch runs the source weights in float32 whatever the export's precision.
+        "precision": "fp32" if backend_name == EAGER else target.precision,
         "backend": backend_name,
         "description": description,
         **summarize(timings, latency, delay, args.warmup, staged=backend_name != EAGER),

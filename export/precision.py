@@ -15,7 +15,8 @@ is done by onnxruntime's own, maintained tools rather than by hand:
 
 import logging
 import os
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -246,44 +247,40 @@ def quantize_to_int8(
     Weights: per-channel symmetric int8 in [-127, 127]; activations: per-tensor symmetric int8, zero
     point 0; the nodes of ``op_types`` quantized except ``excluded_nodes``.
     """
-    # The quantizer logs its advice through the root logger, once per engine: not for our users.
+    with _quiet_root_logger():
+        quantize_static(
+            str(float32_path),
+            str(out_path),
+            calibration,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(op_types),
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(excluded_nodes),
+            calibrate_method=CALIBRATION_METHOD,
+            extra_options={
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                # TensorRT dequantizes int8 only: biases stay float (runtime.qdq gives onnxruntime's
+                # CPU kernels the int32 biases they want).
+                "QuantizeBias": False,
+                # Bounded memory: ranges are merged every 64 calibration inputs (the same result).
+                "CalibMaxIntermediateOutputs": 64,
+            },
+        )
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """The quantizer logs its advice through the root logger, once per engine: not for our users."""
     logger = logging.getLogger()
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        _quantize_static(float32_path, out_path, calibration, op_types, excluded_nodes)
+        yield
     finally:
         logger.setLevel(level)
-
-
-def _quantize_static(
-    float32_path: Path,
-    out_path: Path,
-    calibration: CalibrationDataReader,
-    op_types: Collection[str],
-    excluded_nodes: Collection[str],
-) -> None:
-    quantize_static(
-        str(float32_path),
-        str(out_path),
-        calibration,
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(op_types),
-        per_channel=True,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=list(excluded_nodes),
-        calibrate_method=CALIBRATION_METHOD,
-        extra_options={
-            "ActivationSymmetric": True,
-            "WeightSymmetric": True,
-            # TensorRT dequantizes int8 only: biases stay float (runtime.qdq gives onnxruntime's CPU
-            # kernels the int32 biases they want).
-            "QuantizeBias": False,
-            # Bounded memory: ranges are merged every 64 calibration inputs (the same result).
-            "CalibMaxIntermediateOutputs": 64,
-        },
-    )
 
 
 def _engine_section(directory: Path, engine: EngineSection) -> EngineSection:

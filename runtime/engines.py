@@ -163,7 +163,12 @@ class BoundEngine:
 
 
 class TorchEngine(BoundEngine):
-    """An engine as a PyTorch module; its results are copied into the bound outputs."""
+    """An engine as a PyTorch module; its results are copied into the bound outputs.
+
+    The module computes in float32. For an fp16 export it takes the float16 feature tensors the
+    manifest names, converted to float32 on the way in, and its results are rounded into the
+    float16 outputs on the way out: the precision of the engines' I/O, computed at the reference's.
+    """
 
     def __init__(
         self, module: nn.Module, inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec], device: torch.device
@@ -173,7 +178,8 @@ class TorchEngine(BoundEngine):
 
     @torch.no_grad()
     def _execute(self) -> None:
-        results = self.module(*(self._bound[name] for name in self.input_names))
+        inputs = (self._bound[name] for name in self.input_names)
+        results = self.module(*(t.float() if t.dtype == torch.float16 else t for t in inputs))
         for name, result in zip(self.output_names, results):
             self._bound[name].copy_(result)
 
@@ -351,6 +357,11 @@ def torch_backend(directory: str | Path, manifest: Manifest, device: str | torch
     from sltnet.deploy.modules import engine_modules_of
     from sltnet.modeling.build import build_model
 
+    if manifest.precision.precision == "int8":
+        raise SltnetError(
+            f"{Path(directory) / MANIFEST_FILE}: an int8 export runs on onnxruntime or tensorrt; the torch backend "
+            "computes in float (use --backend onnxruntime)"
+        )
     config_file, weights = manifest.source.get("config_file"), manifest.source.get("weights")
     for what, path in (("config_file", config_file), ("weights", weights)):
         if not path or not Path(path).is_file():

@@ -6,12 +6,15 @@ and a threshold of 0.7 keeps a varying number of detections per frame; the atten
 projection is scaled up too, so the long-term memory visibly changes the scores.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 
 from sltnet.config import load_config
+from sltnet.data.synthetic.writing import generate_split
 from sltnet.modeling.build import build_model
 
 TINY_SLTNET = "configs/synthetic/tiny_sltnet.yaml"
@@ -88,3 +91,21 @@ def assert_same_results(expected: list[tuple], actual: list[tuple], score_thresh
                 unmatched.remove(match)
         extra = [float(result.scores[j]) for j in unmatched]
         assert all(score < borderline for score in extra), f"frame {reference.frame_index}: unmatched {extra}"
+
+
+@contextmanager
+def synthetic_data(root: Path, split: str, num_videos: int, num_frames: int, image_size: int) -> Iterator[Path]:
+    """A synthetic split (seed 0) under ``root``, found through $SLTNET_DATA inside the block."""
+    generate_split(
+        str(root / "synthetic"),
+        split,
+        num_videos=num_videos,
+        num_frames=num_frames,
+        image_size=image_size,
+        seed=0,
+        workers=1,
+        progress=False,
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLTNET_DATA", str(root))
+        yield root

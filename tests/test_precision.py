@@ -22,17 +22,28 @@ import onnxruntime
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
 
 from export.cli import main
 from export.precision import float16_nodes
 from export.trt_check import check_model, default_ops_table, load_ops_table
+from runtime.cli import main as run_main
 from runtime.detector import StreamingRuntime
-from runtime.engines import onnxruntime_backend
+from runtime.engines import onnxruntime_backend, torch_backend
 from runtime.qdq import for_cpu_provider, has_int8_activations
 from sltnet.contract import Manifest
-from sltnet.data.synthetic.writing import generate_split
 from sltnet.data.transforms import read_image
-from tests.helpers import CLASS_NAMES, SCORE_THRESH, TINY_BASELINE, TINY_SLTNET, make_weights, stream, video
+from sltnet.errors import SltnetError
+from tests.helpers import (
+    CLASS_NAMES,
+    SCORE_THRESH,
+    TINY_BASELINE,
+    TINY_SLTNET,
+    make_weights,
+    stream,
+    synthetic_data,
+    video,
+)
 
 FRAME_SIZE = (128, 128)  # the tiny configs' test size: the default input size
 CALIBRATION_FRAMES = 12
@@ -49,19 +60,7 @@ def weights(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """A synthetic split of 128-pixel frames for calibration, found through $SLTNET_DATA."""
-    root = tmp_path_factory.mktemp("data")
-    generate_split(
-        str(root / "synthetic"),
-        "synth_tiny_train",
-        num_videos=2,
-        num_frames=8,
-        image_size=128,
-        seed=0,
-        workers=1,
-        progress=False,
-    )
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SLTNET_DATA", str(root))
+    with synthetic_data(tmp_path_factory.mktemp("data"), "synth_tiny_train", 2, 8, 128) as root:
         yield root
 
 
@@ -200,30 +199,19 @@ def test_int8_frame_engine_stays_close_to_fp32(exports, data_root):
     assert [r.frame_index for r, _ in actual] == [r.frame_index for r, _ in expected]
 
 
-def test_int8_export_runs_in_sltnet_run(exports, tmp_path):
-    from runtime.cli import main as run_main
-    from sltnet.data.synthetic.writing import generate_split as write_clip
-
-    write_clip(str(tmp_path), "clip", num_videos=1, num_frames=6, image_size=128, seed=3, workers=1, progress=False)
-    frames = tmp_path / "clip"
-    folder = next(path for path in frames.rglob("*") if path.is_dir() and any(path.glob("*.jpg")))
-    out = tmp_path / "dets.json"
-    assert (
-        run_main(
-            [
-                str(folder),
-                "--engine",
-                str(exports["int8"]),
-                "--backend",
-                "onnxruntime",
-                "--json",
-                str(out),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    assert len({entry["image_id"] for entry in json.loads(out.read_text())}) <= 6
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_precision_exports_run_in_sltnet_run(exports, tmp_path, precision):
+    """One JSON line per real frame of the clip, from the onnxruntime backend."""
+    frames = video(FRAME_SIZE, num_frames=6)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame.permute(1, 2, 0).numpy()).save(folder / f"{index:03d}.png")
+    lines = tmp_path / "dets.jsonl"
+    argv = [str(folder), "--engine", str(exports[precision]), "--backend", "onnxruntime", "--jsonl", str(lines)]
+    assert run_main([*argv, "--no-progress"]) == 0
+    records = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert [record["frame_index"] for record in records] == list(range(len(frames)))
 
 
 def qdq_graph(zero_point: np.ndarray) -> onnx.ModelProto:
@@ -282,3 +270,13 @@ def test_int8_refuses_a_dataset_too_small(tmp_path, weights, data_root, capsys):
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: ") and "16 frames, fewer than the 1000 asked for calibration" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_torch_backend_runs_fp16_exports_and_refuses_int8(exports):
+    """The torch backend computes in float32 with the fp16 export's float16 I/O; int8 needs a Q/DQ runtime."""
+    manifest = Manifest.load(exports["fp16"])
+    results = stream(StreamingRuntime(manifest, torch_backend(exports["fp16"], manifest)), video(FRAME_SIZE))
+    expected = detections(exports["fp32"])
+    assert match_share(expected, results, FP16_SCORE_TOLERANCE, FP16_BOX_TOLERANCE) >= 0.9
+    with pytest.raises(SltnetError, match="an int8 export runs on onnxruntime or tensorrt"):
+        torch_backend(exports["int8"], Manifest.load(exports["int8"]))

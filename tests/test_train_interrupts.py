@@ -13,9 +13,9 @@ import time
 import pytest
 import torch
 
-from sltnet.data.synthetic.writing import generate_split
 from sltnet.engine.checkpoint import last_checkpoint
 from sltnet.train import main
+from tests.helpers import synthetic_data
 
 BASELINE = "configs/synthetic/tiny_baseline.yaml"
 # 64-pixel frames, two groups per batch, one DataLoader worker, a checkpoint every iteration.
@@ -36,19 +36,7 @@ STOP_TIMEOUT = 60
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """A synthetic tiny train split (2 videos x 6 frames), found through $SLTNET_DATA."""
-    root = tmp_path_factory.mktemp("data")
-    generate_split(
-        str(root / "synthetic"),
-        "synth_tiny_train",
-        num_videos=2,
-        num_frames=6,
-        image_size=64,
-        seed=0,
-        workers=1,
-        progress=False,
-    )
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SLTNET_DATA", str(root))
+    with synthetic_data(tmp_path_factory.mktemp("data"), "synth_tiny_train", 2, 6, 64) as root:
         yield root
 
 
