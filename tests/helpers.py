@@ -73,24 +73,32 @@ def assert_same_results(expected: list[tuple], actual: list[tuple], score_thresh
     assert [(r.frame_index, pushed) for r, pushed in actual] == [(r.frame_index, pushed) for r, pushed in expected]
     borderline = -1.0 if score_thresh is None else score_thresh + SCORE_TOLERANCE
     for (reference, _), (result, _) in zip(expected, actual):
-        unmatched = list(range(len(result.scores)))
-        for box, score, label in zip(reference.boxes, reference.scores, reference.classes):
-            match = next(
-                (
-                    j
-                    for j in unmatched
-                    if result.classes[j] == label
-                    and abs(float(result.scores[j] - score)) <= SCORE_TOLERANCE
-                    and float((result.boxes[j] - box).abs().max()) <= 1e-2
-                ),
-                None,
-            )
-            if match is None:
-                assert score < borderline, f"frame {reference.frame_index}: no match for {box.tolist()} {float(score)}"
-            else:
-                unmatched.remove(match)
-        extra = [float(result.scores[j]) for j in unmatched]
+        missing, extra = match_one_to_one(reference, result, SCORE_TOLERANCE, 1e-2)
+        assert all(score < borderline for score in missing), f"frame {reference.frame_index}: no match for {missing}"
         assert all(score < borderline for score in extra), f"frame {reference.frame_index}: unmatched {extra}"
+
+
+def match_one_to_one(reference, result, score_tol: float, box_tol: float) -> tuple[list[float], list[float]]:
+    """Match ``reference``'s detections one to one in ``result``'s (same class, score within
+    ``score_tol``, box within ``box_tol`` px): the scores of the unmatched ones on each side."""
+    unmatched = list(range(len(result.scores)))
+    missing = []
+    for box, score, label in zip(reference.boxes, reference.scores, reference.classes):
+        match = next(
+            (
+                j
+                for j in unmatched
+                if result.classes[j] == label
+                and abs(float(result.scores[j] - score)) <= score_tol
+                and float((result.boxes[j] - box).abs().max()) <= box_tol
+            ),
+            None,
+        )
+        if match is None:
+            missing.append(float(score))
+        else:
+            unmatched.remove(match)
+    return missing, [float(result.scores[j]) for j in unmatched]
 
 
 @contextmanager

@@ -40,6 +40,7 @@ from tests.helpers import (
     TINY_BASELINE,
     TINY_SLTNET,
     make_weights,
+    match_one_to_one,
     stream,
     synthetic_data,
     video,
@@ -151,25 +152,12 @@ def test_int8_graphs_are_symmetric_qdq(exports):
 def match_share(expected: list[tuple], actual: list[tuple], score_tol: float, box_tol: float) -> float:
     """The share of ``expected``'s detections that ``actual`` has (same frame and class, score and
     box within the tolerances), one to one."""
-    found = total = 0
-    for (reference, _), (result, _) in zip(expected, actual):
-        unmatched = list(range(len(result.scores)))
-        for box, score, label in zip(reference.boxes, reference.scores, reference.classes):
-            total += 1
-            match = next(
-                (
-                    j
-                    for j in unmatched
-                    if result.classes[j] == label
-                    and abs(float(result.scores[j] - score)) <= score_tol
-                    and float((result.boxes[j] - box).abs().max()) <= box_tol
-                ),
-                None,
-            )
-            if match is not None:
-                found += 1
-                unmatched.remove(match)
-    return found / max(total, 1)
+    total = sum(len(reference.scores) for reference, _ in expected)
+    missing = sum(
+        len(match_one_to_one(reference, result, score_tol, box_tol)[0])
+        for (reference, _), (result, _) in zip(expected, actual)
+    )
+    return (total - missing) / max(total, 1)
 
 
 def test_fp16_detections_match_fp32(exports):
