@@ -149,6 +149,36 @@ def test_int8_graphs_are_symmetric_qdq(exports):
     assert "QuantizeLinear" in quantized
 
 
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
+
+
+def test_int8_convolutions_absorb_their_frozen_batch_norms(exports):
+    """The float32 graph computes each frozen batch norm as a Mul and an Add after its convolution;
+    the INT8 frame engine has them folded into the convolution, whose output goes straight to a
+    quantizer: no float op between two integer convolutions."""
+    float32 = onnx.load(str(exports["fp32"] / "frame.onnx")).graph
+    float32_consumers = _consumers(float32)
+    batch_norms = {}  # convolution -> its batch norm's Mul
+    for node in float32.node:
+        readers = float32_consumers.get(node.output[0], []) if node.op_type == "Conv" else []
+        if [reader.op_type for reader in readers] == ["Mul"]:
+            batch_norms[node.name] = readers[0].name
+    assert batch_norms
+    graph = onnx.load(str(exports["int8"] / "frame.onnx")).graph
+    consumers = _consumers(graph)
+    nodes = {node.name: node for node in graph.node}
+    for convolution, multiplication in batch_norms.items():
+        assert multiplication not in nodes, multiplication
+        readers = consumers[nodes[convolution].output[0]]
+        assert [reader.op_type for reader in readers] == ["QuantizeLinear"], convolution
+
+
 def match_share(expected: list[tuple], actual: list[tuple], score_tol: float, box_tol: float) -> float:
     """The share of ``expected``'s detections that ``actual`` has (same frame and class, score and
     box within the tolerances), one to one."""
