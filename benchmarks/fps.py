@@ -301,8 +301,7 @@ def run_row(target: Target, backend_name: str, video: str, args) -> dict:
         "engine_dir": target.engine_dir,
         "mode": target.mode,
         "num_frames": target.num_frames,
-        # Eager PyTorch runs the source weights in float32 whatever the export's precision.
-        "precision": "fp32" if backend_name == EAGER else target.precision,
+        "precision": target.precision,
         "backend": backend_name,
         "description": description,
         **summarize(timings, latency, delay, args.warmup, staged=backend_name != EAGER),
@@ -666,6 +665,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 videos[target.input_size] = synthetic_video(scratch, target.input_size, args.warmup + args.frames)
             video = args.video or videos[target.input_size]
             backends = args.backend if target.manifest is not None else [EAGER]
+            if target.precision != "fp32":  # eager PyTorch computes in float32: the fp32 export's eager row
+                backends = [name for name in backends if name != EAGER]
             rows += [run_row(target, name, video, args) for name in backends]
             if target.manifest is not None:
                 stream_rows += [
