@@ -30,8 +30,10 @@ def machine_line(machine: dict) -> str:
         f", onnxruntime {machine['onnxruntime']}" if machine.get("onnxruntime") else ""
     )
     command = " ".join(machine["command"])
+    features = "".join(f", {feature}" for feature in machine.get("cpu_features", []))
     return (
-        f"Measured on {device}{machine['cpu']} ({machine['cores']} cores, {machine['threads']} threads), {libraries}, "
+        f"Measured on {device}{machine['cpu']} ({machine['cores']} cores{features}, {machine['threads']} threads), "
+        f"{libraries}, "
         f"with `python {command}`."
     )
 

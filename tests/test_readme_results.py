@@ -37,3 +37,11 @@ def test_a_block_is_regenerated_from_its_json(tmp_path):
 def test_a_block_without_its_json_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="missing.json: not found"):
         readme_results.render_readme("<!-- BEGIN results: missing -->\n<!-- END results: missing -->\n", tmp_path)
+
+
+def test_the_machine_line_names_the_cpu_instruction_sets(tmp_path):
+    """int8 speed depends on the CPU's integer instructions: the sentence names those recorded."""
+    machine = {**MACHINE, "cpu_features": ["AVX2", "AVX-512 VNNI"]}
+    assert readme_results.machine_line(machine).startswith(
+        "Measured on Test CPU (2 cores, AVX2, AVX-512 VNNI, 2 threads), torch 9.9"
+    )
