@@ -174,7 +174,8 @@ def precision_checks(rows: Sequence[dict]) -> list[str]:
             continue
         loss = 100 * (fp32["mAP50"] - row["mAP50"])
         status = "PASS" if loss <= limit else "FAIL"
-        lines.append(f"{status} {row['name']}: mAP@0.5 {loss:+.2f} points below fp32 (limit {limit})")
+        difference = f"{abs(loss):.2f} points {'below' if loss > 0 else 'above'}" if loss else "equal to"
+        lines.append(f"{status} {row['name']}: mAP@0.5 {difference} fp32 (loss limit {limit} points)")
     for row in engines:
         baseline = find(mode="single_frame", backend_name=row["backend_name"], precision=row["precision"])
         if row["mode"] == "single_frame" or baseline is None:
