@@ -37,5 +37,6 @@ def test_the_temporal_gain_is_checked_per_precision():
 
 
 def test_rows_without_an_fp32_row_or_skipped_are_not_checked():
-    rows = [engine_row("sequential", "int8", 0.88), {**engine_row("single_frame", "fp32", 0.8), "skipped": "no backend"}]
+    skipped = {**engine_row("single_frame", "fp32", 0.8), "skipped": "no backend"}
+    rows = [engine_row("sequential", "int8", 0.88), skipped]
     assert precision_checks(rows) == []
