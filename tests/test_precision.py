@@ -22,6 +22,7 @@ import onnxruntime
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.transformers.onnx_model import OnnxModel
 from PIL import Image
 
 from export.cli import main
@@ -149,30 +150,21 @@ def test_int8_graphs_are_symmetric_qdq(exports):
     assert "QuantizeLinear" in quantized
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    """Tensor name -> the nodes that read it."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    return consumers
-
-
 def test_int8_convolutions_absorb_their_frozen_batch_norms(exports):
     """The float32 graph computes each frozen batch norm as a Mul and an Add after its convolution;
     the INT8 frame engine has them folded into the convolution, whose output goes straight to a
     quantizer: no float op between two integer convolutions."""
-    float32 = onnx.load(str(exports["fp32"] / "frame.onnx")).graph
-    float32_consumers = _consumers(float32)
+    float32 = OnnxModel(onnx.load(str(exports["fp32"] / "frame.onnx")))
+    float32_consumers = float32.input_name_to_nodes()
     batch_norms = {}  # convolution -> its batch norm's Mul
-    for node in float32.node:
+    for node in float32.nodes():
         readers = float32_consumers.get(node.output[0], []) if node.op_type == "Conv" else []
         if [reader.op_type for reader in readers] == ["Mul"]:
             batch_norms[node.name] = readers[0].name
     assert batch_norms
-    graph = onnx.load(str(exports["int8"] / "frame.onnx")).graph
-    consumers = _consumers(graph)
-    nodes = {node.name: node for node in graph.node}
+    int8 = OnnxModel(onnx.load(str(exports["int8"] / "frame.onnx")))
+    consumers = int8.input_name_to_nodes()
+    nodes = {node.name: node for node in int8.nodes()}
     for convolution, multiplication in batch_norms.items():
         assert multiplication not in nodes, multiplication
         readers = consumers[nodes[convolution].output[0]]
